@@ -1,0 +1,188 @@
+"""The FastAPI application: wiring, health checks and the live-update stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatdb import migrate
+from chatdb.api import errors, schemas
+from chatdb.api.cursors import CursorCodec
+from chatdb.api.deps import Caller
+from chatdb.api.errors import ApiError, problem
+from chatdb.api.events import ChangeHub
+from chatdb.api.routes import change_out, router
+from chatdb.api.web_routes import WebFiles
+from chatdb.api.web_routes import router as web_router
+from chatdb.config import Settings
+from chatdb.store.changes import Change
+
+
+def create_app(engine: Engine, settings: Settings) -> FastAPI:
+    """The app, serving the database behind `engine`."""
+    hub = ChangeHub(engine, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = FastAPI(
+        title="chatdb",
+        version="1",
+        summary="A chat storage service on PostgreSQL.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.settings = settings
+    app.state.cursors = CursorCodec(settings.admin_key)
+    app.state.hub = hub
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.include_router(router)
+    app.include_router(web_router)
+    app.mount("/web", WebFiles(), name="web")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> schemas.Health:
+        """The process is up."""
+        return schemas.Health(status="ok")
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": schemas.Problem}})
+    def readyz() -> schemas.Health:
+        """The database answers and its schema is current."""
+        try:
+            with engine.connect() as connection:
+                current = migrate.current_revision(connection)
+        except Exception as exc:
+            raise ApiError(503, "database_unavailable", "the database is not reachable") from exc
+        if current != migrate.head_revision():
+            raise ApiError(503, "schema_outdated", "the database schema is not current")
+        return schemas.Health(status="ready", schema_revision=current)
+
+    @app.get(
+        "/v1/events",
+        tags=["live updates"],
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}},
+            400: {"model": schemas.Problem},
+            401: {"model": schemas.Problem},
+        },
+    )
+    async def events(
+        request: Request,
+        caller: Caller,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: the caller's changes, as `event: change` with the
+        change as JSON and its stream position as `id`. Reconnect with
+        Last-Event-ID (browsers do) to receive every change since, exactly once."""
+        user_id = caller.require_user()
+        resume = _parse_event_id(last_event_id)
+        subscriber = await hub.subscribe(user_id, resume)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                async for change in hub.catch_up(subscriber):
+                    yield _event(change)
+                while True:
+                    try:
+                        next_change: Change | None = await asyncio.wait_for(
+                            subscriber.queue.get(), settings.sse_keepalive_seconds
+                        )
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if next_change is None:  # cut off (too slow) or shutting down
+                        return
+                    yield _event(next_change)
+            finally:
+                hub.unsubscribe(subscriber)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+def _parse_event_id(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    # ASCII digits only: headers arrive as latin-1, and str.isdigit() accepts
+    # "²", which int() then refuses (a 500). The length check, not a header
+    # max_length, bounds it, so every malformed id gets this same 400.
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise ApiError(400, "bad_event_id", "Last-Event-ID must be an id this stream sent")
+    return int(value)
+
+
+def _event(change: Any) -> bytes:
+    data = json.dumps(change_out(change).model_dump(mode="json"), ensure_ascii=False)
+    return f"id: {change.id}\nevent: change\ndata: {data}\n\n".encode()
+
+
+class _TooLarge(StarletteHTTPException):
+    """Raised while a body arrives. An HTTPException, because FastAPI turns any
+    other error raised while it reads a body into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body is larger than {limit} bytes")
+
+
+class BodySizeLimit:
+    """413 for bodies over `limit` bytes, counted as they arrive, so a missing
+    or false Content-Length does not get around it. Plain ASGI middleware."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        response = problem(413, "too_large", f"the body is larger than {self.limit} bytes")
+        await response(scope, receive, send)

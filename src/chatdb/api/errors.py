@@ -1,0 +1,166 @@
+"""Every error as RFC 9457 application/problem+json with a stable `code`."""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatdb.api.schemas import Problem
+from chatdb.errors import (
+    ChatdbError,
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    Invalid,
+    NotFound,
+    SchemaOutdated,
+)
+
+PROBLEM_JSON = "application/problem+json"
+
+_STATUS_CODES: dict[type[ChatdbError], tuple[int, str]] = {
+    NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
+    Forbidden: (403, "forbidden"),
+    Invalid: (422, "invalid"),
+    DatabaseUnavailable: (503, "database_unavailable"),
+    SchemaOutdated: (503, "schema_outdated"),
+}
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error raised by a handler with its HTTP status and code."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _safe(value: Any) -> str:
+    # Validation errors may quote the input; never echo text that cannot be encoded.
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def _document_problems(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document as the app behaves: every 4xx and 5xx response is
+    application/problem+json with the Problem schema. (FastAPI documents error
+    models as application/json, and adds a 422 with its own validation-error
+    schema, which handlers above replace with a problem.)"""
+
+    def document() -> dict[str, Any]:
+        result = openapi()
+        problem_schema = {"$ref": "#/components/schemas/Problem"}
+        for path_item in result.get("paths", {}).values():
+            for operation in path_item.values():
+                for status, response in operation.get("responses", {}).items():
+                    if str(status)[:1] in ("4", "5"):
+                        response["content"] = {PROBLEM_JSON: {"schema": problem_schema}}
+        schemas = result.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return result
+
+    return document
+
+
+def install(app: FastAPI) -> None:
+    app.openapi = _document_problems(app.openapi)  # type: ignore[method-assign]
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(ChatdbError)
+    async def domain_error(_: Request, exc: ChatdbError) -> JSONResponse:
+        status, code = next(
+            (v for k, v in _STATUS_CODES.items() if isinstance(exc, k)), (500, "error")
+        )
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return problem(status, code, str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [_safe(p) for p in e.get("loc", ())], "msg": _safe(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return problem(422, "invalid_request", f"{where}: {first['msg']}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        return problem(exc.status_code, code, _safe(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        return problem(
+            503,
+            "busy",
+            "all database connections are in use; retry shortly",
+            {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        return problem(
+            503,
+            "database_unavailable",
+            "the database is not reachable; retry shortly",
+            {"Retry-After": "2"},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def database_refused(_: Request, exc: DBAPIError) -> JSONResponse:
+        # A statement PostgreSQL refused that validation did not foresee: say
+        # so without internals; the server log has the details.
+        sqlstate = getattr(getattr(exc.orig, "diag", None), "sqlstate", None) or ""
+        if sqlstate.startswith(("22", "23")):
+            return problem(422, "invalid", "the database refused this value")
+        if sqlstate in ("40001", "40P01", "57014", "55P03"):
+            return problem(
+                503,
+                "retry",
+                "the operation collided with another; retry",
+                {"Retry-After": "1"},
+            )
+        raise exc

@@ -1,0 +1,976 @@
+"""The `chatdb` command: thin wrappers that open a transaction, call the store, render.
+
+Tables for people by default, `--json` for scripts. Errors are one line on
+stderr: exit status 2 for bad arguments and an unreachable or outdated
+database, 1 when the operation itself was refused (not found, conflict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from chatdb import migrate, store
+from chatdb.config import get_settings
+from chatdb.db import (
+    check_connection,
+    database_url,
+    describe_target,
+    explain_connection_error,
+    get_engine,
+    stop_embedded_server,
+    transaction,
+)
+from chatdb.errors import (
+    ChatdbError,
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    Invalid,
+    NotFound,
+    SchemaOutdated,
+)
+from chatdb.store.types import InboxCursor
+
+app = typer.Typer(
+    help="chatdb: a chat storage service on PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Where the data lives, and its schema migrations.", no_args_is_help=True)
+user_app = typer.Typer(help="Create, show, change and delete users.", no_args_is_help=True)
+conversation_app = typer.Typer(help="Group and direct conversations.", no_args_is_help=True)
+member_app = typer.Typer(help="Members of a conversation.", no_args_is_help=True)
+message_app = typer.Typer(
+    help="Send, page, edit, delete and restore messages.", no_args_is_help=True
+)
+query_app = typer.Typer(help="The module project's four queries.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(conversation_app, name="conversation")
+app.add_typer(member_app, name="member")
+app.add_typer(message_app, name="message")
+app.add_typer(query_app, name="query")
+
+console = Console()
+errors = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+UserRef = Annotated[str, typer.Argument(help="A user id or username.")]
+ConversationId = Annotated[int, typer.Argument(help="Conversation id.", min=1)]
+LimitOpt = Annotated[int, typer.Option(help="How many rows (1-200).", min=1, max=200)]
+
+
+# --- plumbing ---
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def engine_ready(*, need_schema: bool = True) -> Engine:
+    """The engine, connected once; the schema checked (and on the embedded
+    server, migrated) when the command needs it."""
+    engine = get_engine()
+    check_connection(engine)
+    if need_schema:
+        migrate.ensure_current(engine, auto_upgrade=get_settings().embedded)
+    return engine
+
+
+@contextmanager
+def unit_of_work() -> Iterator[Session]:
+    """One transaction for one command."""
+    with transaction(engine_ready()) as session:
+        yield session
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(_jsonable(value), ensure_ascii=False, indent=2) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
+def render(
+    value: Any, as_json: bool, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    if as_json:
+        print_json(value)
+    else:
+        print_table(title, columns, rows)
+
+
+def resolve_user(session: Session, ref: str) -> int:
+    if ref.isdigit():
+        return store.get_user(session=session, user_id=int(ref)).id
+    return store.get_user_by_username(session=session, username=ref).id
+
+
+# --- db ---
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL in use (password hidden); starts the embedded server if needed."""
+    url = database_url()
+    where = "embedded" if get_settings().embedded else "CHATDB_DATABASE_URL"
+    console.print(url.render_as_string(hide_password=True), highlight=False, soft_wrap=True)
+    errors.print(f"({where}: {describe_target(url)})", highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    engine = engine_ready(need_schema=False)
+    migrate.upgrade(engine, revision)
+    _print_current(engine)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base or -1.")]) -> None:
+    """Undo migrations down to REVISION."""
+    engine = engine_ready(need_schema=False)
+    migrate.downgrade(engine, revision)
+    _print_current(engine)
+
+
+def _print_current(engine: Engine) -> None:
+    with engine.connect() as connection:
+        current = migrate.current_revision(connection)
+    head = migrate.head_revision()
+    state = "up to date" if current == head else f"newest is {head}"
+    console.print(f"current: {current or 'none (empty database)'} ({state})", highlight=False)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's migration revision."""
+    _print_current(engine_ready(need_schema=False))
+
+
+@db_app.command("history")
+def db_history(as_json: JsonFlag = False) -> None:
+    """List the migrations, newest first."""
+    revisions = migrate.history()
+    render(
+        revisions,
+        as_json,
+        "Migrations",
+        ["revision", "down", "message", "head"],
+        [(r.revision, r.down_revision, r.message, "yes" if r.is_head else "") for r in revisions],
+    )
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server (its data stays)."""
+    settings = get_settings()
+    if not settings.embedded:
+        fail("CHATDB_DATABASE_URL is set; chatdb does not run that server")
+    stopped = stop_embedded_server(settings)
+    console.print("stopped" if stopped else "the embedded server was not running")
+
+
+# --- users ---
+
+_USER_COLUMNS = ["id", "username", "email", "display name", "created"]
+
+
+def _user_row(u: store.types.User) -> tuple[Any, ...]:
+    return (u.id, u.username, u.email, u.display_name, u.created_at)
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    email: str,
+    display_name: Annotated[str | None, typer.Option(help="Name shown to others.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a user."""
+    with unit_of_work() as session:
+        user = store.create_user(
+            session=session, username=username, email=email, display_name=display_name
+        )
+    render(user, as_json, "User created", _USER_COLUMNS, [_user_row(user)])
+
+
+@user_app.command("show")
+def user_show(user: UserRef, as_json: JsonFlag = False) -> None:
+    """Show one user."""
+    with unit_of_work() as session:
+        found = store.get_user(session=session, user_id=resolve_user(session, user))
+    render(found, as_json, "User", _USER_COLUMNS, [_user_row(found)])
+
+
+@user_app.command("list")
+def user_list(
+    after: Annotated[int, typer.Option(help="Show users with an id above this.", min=0)] = 0,
+    limit: LimitOpt = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List users in id order (keyset pages: pass the last id as --after)."""
+    with unit_of_work() as session:
+        users = store.list_users(session=session, after_id=after, limit=limit)
+    render(users, as_json, "Users", _USER_COLUMNS, [_user_row(u) for u in users])
+
+
+@user_app.command("update")
+def user_update(
+    user: UserRef,
+    username: Annotated[str | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option()] = None,
+    display_name: Annotated[str | None, typer.Option(help='"" clears it.')] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change a user's username, email or display name."""
+    with unit_of_work() as session:
+        updated = store.update_user(
+            session=session,
+            user_id=resolve_user(session, user),
+            username=username,
+            email=email,
+            display_name=display_name,
+        )
+    render(updated, as_json, "User updated", _USER_COLUMNS, [_user_row(updated)])
+
+
+@user_app.command("delete")
+def user_delete(user: UserRef) -> None:
+    """Delete a user: their memberships go, their messages stay without a sender."""
+    with unit_of_work() as session:
+        store.delete_user(session=session, user_id=resolve_user(session, user))
+    console.print("deleted")
+
+
+# --- conversations ---
+
+_CONVERSATION_COLUMNS = ["id", "kind", "title", "messages", "last activity", "created"]
+
+
+def _conversation_row(c: store.types.Conversation) -> tuple[Any, ...]:
+    return (c.id, c.kind, c.title, c.last_seq, c.last_activity_at, c.created_at)
+
+
+@conversation_app.command("create-group")
+def conversation_create_group(
+    owner: Annotated[str, typer.Option(help="The creating user (id or username).")],
+    title: Annotated[str, typer.Option(help="The group's title.")],
+    member: Annotated[list[str] | None, typer.Option(help="A member to add; repeatable.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a group conversation; the owner and members join in one transaction."""
+    with unit_of_work() as session:
+        conversation = store.create_group(
+            session=session,
+            creator_id=resolve_user(session, owner),
+            title=title,
+            member_ids=[resolve_user(session, m) for m in member or []],
+        )
+    render(
+        conversation,
+        as_json,
+        "Group created",
+        _CONVERSATION_COLUMNS,
+        [_conversation_row(conversation)],
+    )
+
+
+@conversation_app.command("direct")
+def conversation_direct(user: UserRef, other: UserRef, as_json: JsonFlag = False) -> None:
+    """The direct conversation of two users (created if it does not exist)."""
+    with unit_of_work() as session:
+        conversation, created = store.get_or_create_direct(
+            session=session,
+            user_id=resolve_user(session, user),
+            other_user_id=resolve_user(session, other),
+        )
+    title = "Direct conversation created" if created else "Direct conversation (existing)"
+    render(conversation, as_json, title, _CONVERSATION_COLUMNS, [_conversation_row(conversation)])
+
+
+@conversation_app.command("show")
+def conversation_show(conversation_id: ConversationId, as_json: JsonFlag = False) -> None:
+    """Show one conversation."""
+    with unit_of_work() as session:
+        conversation = store.get_conversation(session=session, conversation_id=conversation_id)
+    render(
+        conversation,
+        as_json,
+        "Conversation",
+        _CONVERSATION_COLUMNS,
+        [_conversation_row(conversation)],
+    )
+
+
+@conversation_app.command("rename")
+def conversation_rename(
+    conversation_id: ConversationId, title: str, as_json: JsonFlag = False
+) -> None:
+    """Change a group's title."""
+    with unit_of_work() as session:
+        conversation = store.rename_conversation(
+            session=session, conversation_id=conversation_id, title=title
+        )
+    render(
+        conversation,
+        as_json,
+        "Conversation renamed",
+        _CONVERSATION_COLUMNS,
+        [_conversation_row(conversation)],
+    )
+
+
+@conversation_app.command("delete")
+def conversation_delete(conversation_id: ConversationId) -> None:
+    """Delete a conversation with its members and messages."""
+    with unit_of_work() as session:
+        store.delete_conversation(session=session, conversation_id=conversation_id)
+    console.print("deleted")
+
+
+# --- members ---
+
+
+class Role(StrEnum):
+    owner = "owner"
+    member = "member"
+
+
+_MEMBER_COLUMNS = ["user id", "username", "role", "read up to", "joined"]
+
+
+def _member_row(m: store.types.Member) -> tuple[Any, ...]:
+    return (m.user_id, m.username, m.role, m.last_read_seq, m.joined_at)
+
+
+@member_app.command("add")
+def member_add(
+    conversation_id: ConversationId,
+    user: UserRef,
+    role: Annotated[Role, typer.Option()] = Role.member,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a user to a group."""
+    with unit_of_work() as session:
+        member = store.add_member(
+            session=session,
+            conversation_id=conversation_id,
+            user_id=resolve_user(session, user),
+            role=role.value,
+        )
+    render(member, as_json, "Member added", _MEMBER_COLUMNS, [_member_row(member)])
+
+
+@member_app.command("remove")
+def member_remove(conversation_id: ConversationId, user: UserRef) -> None:
+    """Remove a member (the longest-standing member becomes owner if the last owner goes)."""
+    with unit_of_work() as session:
+        store.remove_member(
+            session=session, conversation_id=conversation_id, user_id=resolve_user(session, user)
+        )
+    console.print("removed")
+
+
+@member_app.command("role")
+def member_role(
+    conversation_id: ConversationId, user: UserRef, role: Role, as_json: JsonFlag = False
+) -> None:
+    """Make a member an owner, or an owner a plain member."""
+    with unit_of_work() as session:
+        member = store.set_member_role(
+            session=session,
+            conversation_id=conversation_id,
+            user_id=resolve_user(session, user),
+            role=role.value,
+        )
+    render(member, as_json, "Role changed", _MEMBER_COLUMNS, [_member_row(member)])
+
+
+@member_app.command("list")
+def member_list(
+    conversation_id: ConversationId,
+    after: Annotated[int, typer.Option(help="Show members with a user id above this.", min=0)] = 0,
+    limit: LimitOpt = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a conversation's members (keyset pages by user id)."""
+    with unit_of_work() as session:
+        members = store.list_members(
+            session=session, conversation_id=conversation_id, after_user_id=after, limit=limit
+        )
+    render(members, as_json, "Members", _MEMBER_COLUMNS, [_member_row(m) for m in members])
+
+
+# --- messages ---
+
+_MESSAGE_COLUMNS = ["seq", "sender", "message", "sent", "edited", "deleted"]
+
+
+def _message_row(m: store.types.Message) -> tuple[Any, ...]:
+    body = m.body if m.deleted_at is None else "(deleted)"
+    return (m.seq, m.sender_name, body, m.created_at, m.edited_at, m.deleted_at)
+
+
+def _show_messages(page: store.types.MessagePage, as_json: bool, title: str) -> None:
+    if as_json:
+        print_json(page)
+        return
+    print_table(title, _MESSAGE_COLUMNS, [_message_row(m) for m in page.messages])
+    hints = []
+    if page.has_older and page.messages:
+        hints.append(f"older: --before {page.messages[0].seq}")
+    if page.has_newer and page.messages:
+        hints.append(f"newer: --after {page.messages[-1].seq}")
+    if hints:
+        errors.print("; ".join(hints), highlight=False)
+
+
+@message_app.command("send")
+def message_send(
+    conversation_id: ConversationId,
+    body: str,
+    sender: Annotated[str, typer.Option(help="The sending user (id or username).")],
+    key: Annotated[
+        str | None, typer.Option(help="Idempotency key: a retry with it sends nothing twice.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Send a message as a member."""
+    with unit_of_work() as session:
+        result = store.send_message(
+            session=session,
+            conversation_id=conversation_id,
+            sender_id=resolve_user(session, sender),
+            body=body,
+            idempotency_key=key,
+        )
+    title = "Message sent" if result.created else "Already sent (same idempotency key)"
+    render(result, as_json, title, _MESSAGE_COLUMNS, [_message_row(result.message)])
+
+
+@message_app.command("list")
+def message_list(
+    conversation_id: ConversationId,
+    before: Annotated[int | None, typer.Option(help="Messages before this seq.", min=0)] = None,
+    after: Annotated[int | None, typer.Option(help="Messages after this seq.", min=0)] = None,
+    limit: LimitOpt = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Page through a conversation (newest page by default)."""
+    with unit_of_work() as session:
+        page = store.list_messages(
+            session=session,
+            conversation_id=conversation_id,
+            before=before,
+            after=after,
+            limit=limit,
+        )
+    _show_messages(page, as_json, f"Conversation {conversation_id}")
+
+
+def _single_message(
+    action: Callable[..., store.types.Message], title: str, as_json: bool, **kwargs: Any
+) -> None:
+    with unit_of_work() as session:
+        message = action(session=session, **kwargs)
+    render(message, as_json, title, _MESSAGE_COLUMNS, [_message_row(message)])
+
+
+@message_app.command("edit")
+def message_edit(
+    conversation_id: ConversationId, seq: int, body: str, as_json: JsonFlag = False
+) -> None:
+    """Change a message's text (as an operator)."""
+    _single_message(
+        store.edit_message,
+        "Message edited",
+        as_json,
+        conversation_id=conversation_id,
+        seq=seq,
+        body=body,
+        actor_id=None,
+    )
+
+
+@message_app.command("delete")
+def message_delete(conversation_id: ConversationId, seq: int, as_json: JsonFlag = False) -> None:
+    """Soft-delete a message; `chatdb message restore` brings it back."""
+    _single_message(
+        store.delete_message, "Message deleted", as_json, conversation_id=conversation_id, seq=seq
+    )
+
+
+@message_app.command("restore")
+def message_restore(conversation_id: ConversationId, seq: int, as_json: JsonFlag = False) -> None:
+    """Restore a soft-deleted message."""
+    _single_message(
+        store.restore_message,
+        "Message restored",
+        as_json,
+        conversation_id=conversation_id,
+        seq=seq,
+    )
+
+
+@message_app.command("read")
+def message_read(
+    conversation_id: ConversationId,
+    seq: Annotated[int, typer.Argument(min=0)],
+    user: Annotated[str, typer.Option(help="The reading member (id or username).")],
+) -> None:
+    """Move a member's read marker up to SEQ."""
+    with unit_of_work() as session:
+        user_id = resolve_user(session, user)
+        marker = store.mark_read(
+            session=session, conversation_id=conversation_id, user_id=user_id, seq=seq
+        )
+        unread = store.unread_count(
+            session=session, conversation_id=conversation_id, user_id=user_id
+        )
+    console.print(f"read up to {marker}; {unread} unread")
+
+
+# --- the four queries ---
+
+DaysOpt = Annotated[int, typer.Option(help="Inactive for this many days.", min=1, max=36500)]
+TzOpt = Annotated[str, typer.Option("--tz", help="IANA time zone for day boundaries.")]
+
+
+def _parse_cursor(raw: str | None) -> InboxCursor | None:
+    if raw is None:
+        return None
+    try:
+        stamp, _, conversation = raw.rpartition("/")
+        return InboxCursor(datetime.fromisoformat(stamp), int(conversation))
+    except ValueError as exc:
+        raise Invalid(
+            f"not an inbox cursor: {raw!r} (copy the one printed by the last page)"
+        ) from exc
+
+
+def _date_range(start: datetime | None, end: datetime | None) -> tuple[date, date]:
+    last = (end or datetime.now(UTC)).date()
+    first = start.date() if start else last - timedelta(days=29)
+    return first, last
+
+
+DateOpt = Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"])]
+
+
+@query_app.command("last-messages")
+def query_last_messages(
+    conversation_id: ConversationId, limit: LimitOpt = 20, as_json: JsonFlag = False
+) -> None:
+    """1. The last N messages of a conversation, with sender names."""
+    with unit_of_work() as session:
+        page = store.list_messages(session=session, conversation_id=conversation_id, limit=limit)
+    _show_messages(page, as_json, f"Last {limit} messages of conversation {conversation_id}")
+
+
+@query_app.command("inbox")
+def query_inbox(
+    user: UserRef,
+    limit: LimitOpt = 20,
+    before: Annotated[str | None, typer.Option(help="Cursor printed by the previous page.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """2. A user's conversations, newest activity first, with the last message."""
+    with unit_of_work() as session:
+        page = store.inbox(
+            session=session,
+            user_id=resolve_user(session, user),
+            before=_parse_cursor(before),
+            limit=limit,
+        )
+    cursor = (
+        f"{page.next_cursor.last_activity_at.isoformat()}/{page.next_cursor.conversation_id}"
+        if page.next_cursor
+        else None
+    )
+    if as_json:
+        print_json({"entries": page.entries, "next_cursor": cursor})
+        return
+    print_table(
+        f"Inbox of {user}",
+        ["id", "conversation", "unread", "last message", "from", "at"],
+        [
+            (
+                e.conversation_id,
+                e.title or f"({e.kind})",
+                e.unread_count,
+                "(deleted)" if e.last_message_deleted else _preview(e.last_message_body),
+                e.last_message_sender_name,
+                e.last_message_at,
+            )
+            for e in page.entries
+        ],
+    )
+    if cursor:
+        errors.print(f"next page: --before '{cursor}'", highlight=False)
+
+
+def _preview(body: str | None, width: int = 60) -> str | None:
+    if body is None:
+        return None
+    flat = " ".join(body.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@query_app.command("activity")
+def query_activity(
+    start: Annotated[
+        datetime | None, typer.Option("--from", formats=["%Y-%m-%d"], help="First day.")
+    ] = None,
+    end: Annotated[
+        datetime | None,
+        typer.Option("--to", formats=["%Y-%m-%d"], help="Last day (today)."),
+    ] = None,
+    tz: TzOpt = "UTC",
+    user: Annotated[str | None, typer.Option(help="Only this user.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """3. Messages per user per day (default: the last 30 days, UTC)."""
+    first, last = _date_range(start, end)
+    with unit_of_work() as session:
+        rows = store.activity(
+            session=session,
+            start=first,
+            end=last,
+            tz=tz,
+            user_id=resolve_user(session, user) if user else None,
+        )
+    render(
+        rows,
+        as_json,
+        f"Messages per user per day, {first} to {last} ({tz})",
+        ["day", "user id", "username", "messages"],
+        [(r.day, r.user_id, r.username or "(deleted user)", r.message_count) for r in rows],
+    )
+
+
+@query_app.command("inactive")
+def query_inactive(
+    days: DaysOpt = 30,
+    after: Annotated[int, typer.Option(help="Show users with an id above this.", min=0)] = 0,
+    limit: LimitOpt = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """4. Users who have not sent a message in N days (never-senders included)."""
+    with unit_of_work() as session:
+        page = store.inactive_users(session=session, days=days, after_id=after, limit=limit)
+    render(
+        page,
+        as_json,
+        f"Users with no message in {days} days",
+        ["id", "username", "last message", "joined"],
+        [(u.id, u.username, u.last_message_at or "never", u.created_at) for u in page.users],
+    )
+    if page.next_after_id and not as_json:
+        errors.print(f"next page: --after {page.next_after_id}", highlight=False)
+
+
+# --- explain ---
+
+
+class Query(StrEnum):
+    last_messages = "last-messages"
+    inbox = "inbox"
+    activity = "activity"
+    inactive = "inactive"
+
+
+@app.command("explain")
+def explain(
+    query: Annotated[Query, typer.Argument(help="Which of the four queries.")],
+    conversation: Annotated[int | None, typer.Option(help="For last-messages.", min=1)] = None,
+    user: Annotated[str | None, typer.Option(help="For inbox (and activity).")] = None,
+    days: DaysOpt = 30,
+    tz: TzOpt = "UTC",
+    limit: LimitOpt = 20,
+) -> None:
+    """Run a query under EXPLAIN (ANALYZE, BUFFERS) and print PostgreSQL's plan.
+
+    Without --conversation or --user, the busiest conversation and the user in
+    the most conversations are used.
+    """
+    with unit_of_work() as session:
+        busy = store.overview(session=session)
+        if query is Query.last_messages:
+            target = conversation or busy.busiest_conversation_id
+            if target is None:
+                raise NotFound("there are no conversations yet; try `chatdb seed`")
+            statement = store.page_statement(target, limit=limit)
+        elif query is Query.inbox:
+            user_id = resolve_user(session, user) if user else busy.most_connected_user_id
+            if user_id is None:
+                raise NotFound("there are no members yet; try `chatdb seed`")
+            statement = store.inbox_statement(user_id, limit=limit)
+        elif query is Query.activity:
+            today = datetime.now(UTC).date()
+            statement = store.activity_statement(
+                today - timedelta(days=days - 1),
+                today,
+                tz,
+                resolve_user(session, user) if user else None,
+            )
+        else:
+            statement = store.inactive_statement(days, limit=limit)
+        plan = store.explain(session=session, statement=statement)
+    for line in plan:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+# --- seed, stats and the demo ----------------------------------------------------------------
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    tasks: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        TextColumn("{task.completed:>12,}/{task.total:<12,}"),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=False,
+    ) as progress:
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=max(total, 1))
+            progress.update(tasks[phase], completed=done, total=max(total, 1))
+
+        yield report
+
+
+@app.command("seed")
+def seed_command(
+    users: Annotated[int, typer.Option(min=2, max=10_000_000)] = 1_000,
+    conversations: Annotated[int, typer.Option(min=1, max=50_000_000)] = 2_000,
+    messages: Annotated[int, typer.Option(min=0, max=1_000_000_000)] = 100_000,
+    big_groups: Annotated[int, typer.Option(help="Groups with thousands of members.", min=0)] = 2,
+    big_group_size: Annotated[int, typer.Option(min=3)] = 2_000,
+    days: Annotated[int, typer.Option(help="Spread messages over this many days.", min=1)] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same data.")] = 42,
+    as_json: JsonFlag = False,
+) -> None:
+    """Load synthetic users, conversations and messages (COPY, one transaction)."""
+    from chatdb.seed import SeedPlan
+    from chatdb.seed import seed as run_seed
+
+    plan = SeedPlan(
+        users=users,
+        conversations=conversations,
+        messages=messages,
+        seed=seed,
+        big_groups=big_groups,
+        big_group_size=big_group_size,
+        days=days,
+    )
+    engine = engine_ready()
+    with _progress_bar() as progress:
+        report = run_seed(engine, plan, progress=progress)
+    rate = report.messages / report.seconds if report.seconds else 0.0
+    render(
+        report,
+        as_json,
+        "Seeded",
+        ["users", "conversations", "members", "messages", "seconds", "messages/s"],
+        [
+            (
+                f"{report.users:,}",
+                f"{report.conversations:,}",
+                f"{report.members:,}",
+                f"{report.messages:,}",
+                f"{report.seconds:.1f}",
+                f"{rate:,.0f}",
+            )
+        ],
+    )
+
+
+@app.command("stats")
+def stats(as_json: JsonFlag = False) -> None:
+    """Counts of users, conversations and messages."""
+    with unit_of_work() as session:
+        counts = store.overview(session=session)
+    render(
+        counts,
+        as_json,
+        "chatdb",
+        ["users", "conversations", "messages"],
+        [(f"{counts.users:,}", f"{counts.conversations:,}", f"{counts.messages:,}")],
+    )
+
+
+@app.command("demo")
+def demo() -> None:
+    """Seed a demo dataset if the database is empty, then run the four queries."""
+    with unit_of_work() as session:
+        counts = store.overview(session=session)
+    if counts.users == 0:
+        console.print("[bold]Empty database: seeding a demo dataset…[/bold]")
+        seed_command(
+            users=500,
+            conversations=1_000,
+            messages=50_000,
+            big_groups=1,
+            big_group_size=200,
+            days=60,
+            seed=42,
+            as_json=False,
+        )
+        with unit_of_work() as session:
+            counts = store.overview(session=session)
+    conversation_id = counts.busiest_conversation_id
+    user_id = counts.most_connected_user_id
+    if conversation_id is None or user_id is None:
+        fail("the database has users but no conversations; try `chatdb seed`", 1)
+    console.rule("1. The last 10 messages of the busiest conversation, with sender names")
+    query_last_messages(conversation_id, limit=10, as_json=False)
+    console.rule("2. The inbox of the user in the most conversations")
+    query_inbox(str(user_id), limit=10, before=None, as_json=False)
+    console.rule("3. Messages per user per day, last 3 days (top rows)")
+    today = datetime.now(UTC)
+    with unit_of_work() as session:
+        rows = store.activity(
+            session=session, start=(today - timedelta(days=2)).date(), end=today.date()
+        )
+    print_table(
+        "Messages per user per day (UTC), busiest 15",
+        ["day", "user", "messages"],
+        [(r.day, r.username or "(deleted user)", r.message_count) for r in rows[:15]],
+    )
+    console.rule("4. Users with no message in 30 days (first 10)")
+    query_inactive(days=30, after=0, limit=10, as_json=False)
+    console.print(
+        f"\n{counts.users:,} users, {counts.conversations:,} conversations, "
+        f"{counts.messages:,} messages. Try `chatdb explain inbox` or `chatdb --help`."
+    )
+
+
+# --- the HTTP API ---
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    demo_data: Annotated[
+        bool, typer.Option("--demo", help="Create demo users and chats if the database is empty.")
+    ] = False,
+) -> None:
+    """Serve the HTTP API (and its docs at /docs)."""
+    import uvicorn
+
+    from chatdb.demo import DEMO_PASSWORD, create_demo, demo_needed
+
+    settings = get_settings()
+    problem = settings.unsafe_for_serving()
+    if problem:
+        fail(problem)
+    engine = engine_ready()
+    if demo_data:
+        with transaction(engine) as session:
+            names = create_demo(session=session) if demo_needed(session=session) else []
+        if names:
+            console.print(f"Demo data created. Sign in as {', '.join(names)}.")
+        console.print(
+            f"Demo users sign in with the password [bold]{DEMO_PASSWORD}[/bold]",
+            highlight=False,
+        )
+        # Workers read their settings from the environment.
+        os.environ["CHATDB_DEMO"] = "1"
+        get_settings.cache_clear()
+    if settings.admin_key_is_default:
+        console.print(f"Admin key (development only): {settings.admin_key}", highlight=False)
+    console.print(f"chatdb API on http://{host}:{port}  (docs: /docs)", highlight=False)
+    uvicorn.run(
+        "chatdb.api.main:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        # Event streams never end by themselves; do not wait for them forever.
+        timeout_graceful_shutdown=5,
+    )
+
+
+# --- entry point ---
+
+
+# Typer vendors click; its public BadParameter derives from click's UsageError,
+# the base of every bad-argument error (missing, unknown, malformed).
+_UsageError: type[typer.BadParameter] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
+
+
+def main() -> None:
+    """Run the CLI; turn every chatdb error into one line and an exit status."""
+    try:
+        # Not standalone: usage errors come here, to be printed on one line.
+        result = app(standalone_mode=False)
+        sys.exit(result if isinstance(result, int) else 0)
+    except _UsageError as exc:
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context else "chatdb"
+        if not exc.format_message().strip():
+            sys.exit(2)  # no arguments: the help was printed
+        fail(f"{exc.format_message()} (see `{command} --help`)", 2)
+    except (DatabaseUnavailable, SchemaOutdated, Invalid) as exc:
+        fail(str(exc), 2)
+    except (NotFound, Conflict, Forbidden, ChatdbError) as exc:
+        fail(str(exc), 1)
+    except OperationalError as exc:
+        # The server went away mid-command, or refused a new connection.
+        fail(str(explain_connection_error(database_url(), exc.orig or exc)), 2)
+    except DBAPIError as exc:
+        fail(f"the database refused the operation: {str(exc.orig).splitlines()[0]}", 1)

@@ -1,0 +1,69 @@
+"""Settings, read from the environment (prefix CHATDB_) when first asked for."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Usable only with the embedded server (a developer's machine); chatdb refuses to
+# serve a configured database with it.
+DEV_ADMIN_KEY = "chatdb-dev-admin-key"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATDB_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL. Unset: an embedded server under data_dir is used.",
+    )
+    data_dir: Path = Field(
+        default=Path(".chatdb"), description="Where the embedded server keeps its data."
+    )
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    pool_max_overflow: int = Field(default=5, ge=0, le=1000)
+    pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    connect_timeout_seconds: int = Field(default=5, ge=1)
+    statement_timeout_ms: int = Field(
+        default=30_000, ge=0, description="Per-statement limit; 0 disables it."
+    )
+    echo_sql: bool = False
+
+    # The HTTP API
+    admin_key: str = Field(
+        default=DEV_ADMIN_KEY,
+        description="Bearer key for operator routes. Must be changed outside embedded mode.",
+    )
+    token_lifetime_hours: float = Field(default=24 * 7, gt=0, le=24 * 366)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    sse_poll_seconds: float = Field(
+        default=1.0, gt=0, description="Fallback poll of the change log if a NOTIFY is missed."
+    )
+    sse_queue_size: int = Field(default=1000, ge=10)
+    demo: bool = Field(
+        default=False, description="Serving demo data: the sign-in page lists the demo users."
+    )
+
+    @property
+    def admin_key_is_default(self) -> bool:
+        return self.admin_key == DEV_ADMIN_KEY
+
+    def unsafe_for_serving(self) -> str | None:
+        """Why serving with these settings would be unsafe, if it would."""
+        if not self.embedded and self.admin_key_is_default:
+            return (
+                "CHATDB_ADMIN_KEY is still the development default; set a secret of your "
+                "own before serving a configured database"
+            )
+        return None
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

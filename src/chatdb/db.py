@@ -1,0 +1,212 @@
+"""Where the data lives: the database URL, the embedded server, the engine and pool."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from chatdb.config import Settings, get_settings
+from chatdb.errors import DatabaseUnavailable
+
+EMBEDDED_DATABASE = "chatdb"
+
+
+def normalize_url(raw: str) -> URL:
+    """Parse a PostgreSQL URL and pin the driver to psycopg 3."""
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError as exc:
+        raise DatabaseUnavailable(
+            f"CHATDB_DATABASE_URL is not a valid URL ({raw!r}); "
+            "expected postgresql://user:password@host:port/database"
+        ) from exc
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseUnavailable(
+            f"CHATDB_DATABASE_URL must point to PostgreSQL, not {url.get_backend_name()!r}"
+        )
+    return url.set(drivername="postgresql+psycopg")
+
+
+def describe_target(url: URL) -> str:
+    """Where a URL points, for error messages (never includes the password)."""
+    host = url.host or url.query.get("host") or "local socket"
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    port = f":{url.port}" if url.port else ""
+    return f"{host}{port}/{url.database or ''}"
+
+
+def explain_connection_error(url: URL, exc: BaseException) -> DatabaseUnavailable:
+    """One line that says which server failed and what to check."""
+    target = describe_target(url)
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = re.sub(r"^connection failed: ", "", reason)
+    reason = re.sub(r"^connection to server at .*? failed: (FATAL:\s*)?", "", reason)
+    lowered = reason.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        hint = "check the user name and password in CHATDB_DATABASE_URL"
+    elif "does not exist" in lowered and "database" in lowered:
+        hint = "create the database (createdb) or fix its name in CHATDB_DATABASE_URL"
+    elif "role" in lowered and "does not exist" in lowered:
+        hint = "check the user name in CHATDB_DATABASE_URL"
+    elif "refused" in lowered or "no such file" in lowered:
+        hint = "is PostgreSQL running there and accepting connections?"
+    elif "resolve host" in lowered or "name or service" in lowered:
+        hint = "check the host name in CHATDB_DATABASE_URL"
+    elif "timeout" in lowered or "timed out" in lowered:
+        hint = "the server did not answer in time; check the host, port and firewall"
+    else:
+        hint = "check CHATDB_DATABASE_URL and the server's log"
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {target}: {reason} ({hint})")
+
+
+# --- the embedded server -----------------------------------------------------
+
+
+def embedded_pgdata(settings: Settings) -> Path:
+    return (settings.data_dir / "pgdata").expanduser().resolve()
+
+
+def start_embedded_server(settings: Settings) -> URL:
+    """Start (or reuse) the embedded PostgreSQL and return the URL of chatdb's database.
+
+    The server is left running when the process exits, so the next command
+    reuses it at no cost; `chatdb db stop` stops it. Its data stays in data_dir.
+    """
+    pgdata = embedded_pgdata(settings)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine.
+        warnings.simplefilter("ignore", UserWarning)
+        import pgserver
+
+        try:
+            server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"could not start the embedded PostgreSQL in {pgdata}: {exc} (see {pgdata / 'log'})"
+            ) from exc
+    admin_url = make_url(server.get_uri()).set(drivername="postgresql+psycopg")
+    ensure_database(admin_url, EMBEDDED_DATABASE)
+    return admin_url.set(database=EMBEDDED_DATABASE)
+
+
+def stop_embedded_server(settings: Settings) -> bool:
+    """Stop the embedded server if it runs. Returns whether one was running.
+
+    pg_ctl directly: pgserver's own cleanup skips the stop while any other
+    process that once used the server is still listed, even a dead one.
+    """
+    pgdata = embedded_pgdata(settings)
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from pgserver import _commands
+
+    user = "pgserver" if os.name == "posix" and os.geteuid() == 0 else None
+    try:
+        _commands.pg_ctl(  # type: ignore[attr-defined]  # made at import by pgserver
+            ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60
+        )
+    except subprocess.CalledProcessError:
+        return False  # it was not running after all (a stale postmaster.pid)
+    (pgdata / ".handle_pids.json").unlink(missing_ok=True)
+    return True
+
+
+def psycopg_conninfo(url: URL) -> str:
+    """A libpq connection string for psycopg from a SQLAlchemy URL."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def ensure_database(admin_url: URL, name: str) -> None:
+    """Create database `name` on the server of admin_url unless it exists."""
+    with psycopg.connect(psycopg_conninfo(admin_url), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            # Another process may create it first; that is fine.
+            with suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# --- engine and sessions -----------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def database_url() -> URL:
+    """The URL in use: CHATDB_DATABASE_URL, or the embedded server's."""
+    settings = get_settings()
+    if settings.database_url is None:
+        return start_embedded_server(settings)
+    return normalize_url(settings.database_url)
+
+
+def make_engine(url: URL, settings: Settings | None = None) -> Engine:
+    settings = settings or get_settings()
+    connect_args: dict[str, Any] = {
+        "connect_timeout": settings.connect_timeout_seconds,
+        "application_name": "chatdb",
+    }
+    if settings.statement_timeout_ms:
+        connect_args["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
+    engine = create_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_max_overflow,
+        pool_timeout=settings.pool_timeout_seconds,
+        # Check a connection before handing it out: after a PostgreSQL restart
+        # the pool replaces dead connections instead of failing requests.
+        pool_pre_ping=True,
+        echo=settings.echo_sql,
+        connect_args=connect_args,
+    )
+    event.listen(engine, "connect", _on_connect)
+    return engine
+
+
+def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # All timestamps go out and come back in UTC, whatever the server's zone.
+    with dbapi_connection.cursor() as cur:
+        cur.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
+@lru_cache(maxsize=1)
+def get_engine() -> Engine:
+    return make_engine(database_url())
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once, turning any failure into a one-line DatabaseUnavailable."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except DBAPIError as exc:
+        raise explain_connection_error(engine.url, exc.orig or exc) from exc
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@contextmanager
+def transaction(engine: Engine | None = None) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error."""
+    engine = engine or get_engine()
+    with session_factory(engine).begin() as session:
+        yield session

@@ -1,0 +1,111 @@
+"""The data layer: every query and write of chatdb lives here.
+
+Functions take the session as the keyword argument `session` and never commit;
+the caller owns the transaction. Errors come out as chatdb.errors classes.
+"""
+
+from chatdb.store.accounts import (
+    revoke_all_tokens,
+    revoke_token,
+    set_password,
+    sign_in,
+    user_for_token,
+)
+from chatdb.store.changes import (
+    changes_after,
+    changes_for_user,
+    changes_since,
+    latest_change_id,
+    memberships,
+    stream_snapshot,
+)
+from chatdb.store.conversations import (
+    add_member,
+    create_group,
+    delete_conversation,
+    get_conversation,
+    get_member,
+    get_or_create_direct,
+    list_members,
+    member_role,
+    remove_member,
+    rename_conversation,
+    set_member_role,
+)
+from chatdb.store.messages import (
+    delete_message,
+    edit_message,
+    get_message,
+    list_messages,
+    mark_read,
+    page_statement,
+    restore_message,
+    send_message,
+    unread_count,
+)
+from chatdb.store.reports import (
+    activity,
+    activity_statement,
+    explain,
+    inactive_statement,
+    inactive_users,
+    inbox,
+    inbox_statement,
+    overview,
+)
+from chatdb.store.users import (
+    create_user,
+    delete_user,
+    get_user,
+    get_user_by_username,
+    list_users,
+    update_user,
+)
+
+__all__ = [
+    "activity",
+    "activity_statement",
+    "add_member",
+    "changes_after",
+    "changes_for_user",
+    "changes_since",
+    "create_group",
+    "create_user",
+    "delete_conversation",
+    "delete_message",
+    "delete_user",
+    "edit_message",
+    "explain",
+    "get_conversation",
+    "get_member",
+    "get_message",
+    "get_or_create_direct",
+    "get_user",
+    "get_user_by_username",
+    "inactive_statement",
+    "inactive_users",
+    "inbox",
+    "inbox_statement",
+    "latest_change_id",
+    "list_members",
+    "list_messages",
+    "list_users",
+    "mark_read",
+    "member_role",
+    "memberships",
+    "overview",
+    "page_statement",
+    "remove_member",
+    "rename_conversation",
+    "restore_message",
+    "revoke_all_tokens",
+    "revoke_token",
+    "send_message",
+    "set_member_role",
+    "set_password",
+    "sign_in",
+    "stream_snapshot",
+    "unread_count",
+    "update_user",
+    "user_for_token",
+]

@@ -1,0 +1,180 @@
+"""The change log: recording changes, and reading them back for live updates.
+
+Every write that others should see (a message sent, edited, deleted or
+restored; a member added, removed or re-roled; a read marker; a rename; a
+deletion) records a row in `changes` in the same transaction, so a change is
+visible exactly when the write is. Every function runs in the caller's
+transaction.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, text, tuple_
+from sqlalchemy.orm import Session
+
+from chatdb import models
+from chatdb.store._validate import page_limit, positive_id, seq_value
+from chatdb.store.conversations import _require_member
+from chatdb.store.messages import _message, _select_messages
+from chatdb.store.types import AnyRow, Message
+
+CH = models.Change
+M = models.Message
+CM = models.ConversationMember
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    id: int
+    conversation_id: int
+    change_seq: int
+    kind: str
+    message_seq: int | None
+    user_id: int | None
+    actor_id: int | None
+    created_at: datetime
+    # The message as it is now, for message changes (None once it is gone).
+    message: Message | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    changes: list[Change]
+    has_more: bool
+
+
+def _with_messages(session: Session, rows: Iterable[AnyRow]) -> list[Change]:
+    rows = list(rows)
+    keys = {
+        (r.conversation_id, r.message_seq)
+        for r in rows
+        if r.message_seq is not None and r.kind.startswith("message.")
+    }
+    messages: dict[tuple[int, int], Message] = {}
+    if keys:
+        found = session.execute(
+            _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys)))
+        )
+        messages = {(m.conversation_id, m.seq): _message(m) for m in found}
+    return [
+        Change(
+            id=r.id,
+            conversation_id=r.conversation_id,
+            change_seq=r.change_seq,
+            kind=r.kind,
+            message_seq=r.message_seq,
+            user_id=r.user_id,
+            actor_id=r.actor_id,
+            created_at=r.created_at,
+            message=messages.get((r.conversation_id, r.message_seq))
+            if r.message_seq is not None
+            else None,
+        )
+        for r in rows
+    ]
+
+
+_CHANGE_COLUMNS = (
+    CH.id,
+    CH.conversation_id,
+    CH.change_seq,
+    CH.kind,
+    CH.message_seq,
+    CH.user_id,
+    CH.actor_id,
+    CH.created_at,
+)
+
+
+def changes_since(
+    *,
+    session: Session,
+    conversation_id: int,
+    since: int,
+    limit: int = 100,
+    actor_id: int | None = None,
+) -> ChangePage:
+    """A conversation's changes after change_seq `since`, oldest first."""
+    positive_id(conversation_id, field="conversation id")
+    seq_value(since, field="since")
+    limit = page_limit(limit)
+    _require_member(session, conversation_id, actor_id)
+    rows = session.execute(
+        select(*_CHANGE_COLUMNS)
+        .where(CH.conversation_id == conversation_id, CH.change_seq > since)
+        .order_by(CH.change_seq)
+        .limit(limit + 1)
+    ).all()
+    return ChangePage(changes=_with_messages(session, rows[:limit]), has_more=len(rows) > limit)
+
+
+# --- for the live-update stream ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    """PostgreSQL's view of in-flight transactions when changes were read."""
+
+    xmin: int  # every transaction with a lower xid has ended
+    xmax: int  # every xid assigned so far is lower than this
+
+
+def stream_snapshot(*, session: Session) -> StreamSnapshot:
+    row = session.execute(
+        text(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, "
+            "pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax"
+        )
+    ).one()
+    return StreamSnapshot(xmin=row.xmin, xmax=row.xmax)
+
+
+def latest_change_id(*, session: Session) -> int:
+    latest: int | None = session.execute(select(CH.id).order_by(CH.id.desc()).limit(1)).scalar()
+    return latest or 0
+
+
+def changes_after(*, session: Session, after_id: int, limit: int = 500) -> list[Change]:
+    """Every change with a global id above `after_id`, in id order."""
+    rows = session.execute(
+        select(*_CHANGE_COLUMNS).where(CH.id > after_id).order_by(CH.id).limit(limit)
+    )
+    return _with_messages(session, rows)
+
+
+def memberships(
+    *, session: Session, conversation_ids: Iterable[int], user_ids: Iterable[int]
+) -> set[tuple[int, int]]:
+    """Which of these users are members of which of these conversations, now."""
+    conversations, users = sorted(set(conversation_ids)), sorted(set(user_ids))
+    if not conversations or not users:
+        return set()
+    rows = session.execute(
+        select(CM.conversation_id, CM.user_id).where(
+            CM.conversation_id.in_(conversations), CM.user_id.in_(users)
+        )
+    )
+    return {(r.conversation_id, r.user_id) for r in rows}
+
+
+def changes_for_user(
+    *, session: Session, user_id: int, after_id: int, up_to_id: int, limit: int = 500
+) -> list[Change]:
+    """Catch-up for a resuming stream: the changes a user may see with ids in
+    (after_id, up_to_id], in id order. A user sees the changes of the
+    conversations they are a member of, and those addressed to them."""
+    member_of = select(CM.conversation_id).where(CM.user_id == user_id)
+    rows = session.execute(
+        select(*_CHANGE_COLUMNS)
+        .where(
+            CH.id > after_id,
+            CH.id <= up_to_id,
+            CH.conversation_id.in_(member_of)
+            | (CH.user_id == user_id) & CH.kind.in_(("member.removed", "conversation.deleted")),
+        )
+        .order_by(CH.id)
+        .limit(limit)
+    )
+    return _with_messages(session, rows)

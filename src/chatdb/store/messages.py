@@ -1,0 +1,356 @@
+"""Messages and read markers. Every function runs in the caller's transaction.
+
+Ordering: a message's seq is taken from conversations.last_seq under that
+row's lock, in the same transaction as the insert. Senders to one conversation
+therefore commit one after another, so seqs are gapless and in commit order:
+a reader that has seen seq N and asks for "after N" never misses a message.
+"""
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from chatdb import models
+from chatdb.errors import Conflict, Forbidden, Invalid, NotFound
+from chatdb.store._changelog import record_change
+from chatdb.store._errors import translated_errors
+from chatdb.store._validate import clean_text, page_limit, positive_id, seq_value
+from chatdb.store.conversations import _require_member
+from chatdb.store.types import AnyRow, AnySelect, Message, MessagePage, SendResult
+
+M = models.Message
+U = models.User
+
+_MESSAGE_COLUMNS = (
+    M.conversation_id,
+    M.seq,
+    M.sender_id,
+    U.username.label("sender_username"),
+    U.display_name.label("sender_display_name"),
+    M.body,
+    M.created_at,
+    M.edited_at,
+    M.deleted_at,
+)
+
+
+def _message(row: AnyRow) -> Message:
+    return Message(
+        conversation_id=row.conversation_id,
+        seq=row.seq,
+        sender_id=row.sender_id,
+        sender_username=row.sender_username,
+        sender_display_name=row.sender_display_name,
+        body=None if row.deleted_at is not None else row.body,
+        created_at=row.created_at,
+        edited_at=row.edited_at,
+        deleted_at=row.deleted_at,
+    )
+
+
+def _select_messages() -> AnySelect:
+    return select(*_MESSAGE_COLUMNS).outerjoin(U, U.id == M.sender_id)
+
+
+def _clean_body(body: str) -> str:
+    return clean_text(body, field="message", max_length=models.BODY_MAX)
+
+
+# Takes the next seq and inserts in one statement. The UPDATE locks the
+# conversation row until commit; that lock is what makes seqs gapless and
+# ordered. The same statement logs the change (next change_seq, same lock) and
+# moves the sender's read marker to their own message.
+_SEND_SQL = text("""
+WITH counter AS (
+    UPDATE conversations
+       SET last_seq = last_seq + 1, last_change_seq = last_change_seq + 1,
+           last_activity_at = now()
+     WHERE id = :conversation_id
+       AND EXISTS (SELECT 1 FROM conversation_members
+                    WHERE conversation_id = :conversation_id AND user_id = :sender_id)
+ RETURNING last_seq, last_change_seq, last_activity_at
+), inserted AS (
+    INSERT INTO messages (conversation_id, seq, sender_id, body, idempotency_key, created_at)
+    SELECT :conversation_id, last_seq, :sender_id, :body, :idempotency_key, last_activity_at
+      FROM counter
+ RETURNING conversation_id, seq, sender_id, body, created_at, edited_at, deleted_at
+), marked AS (
+    UPDATE conversation_members
+       SET last_read_seq = (SELECT last_seq FROM counter)
+     WHERE conversation_id = :conversation_id AND user_id = :sender_id
+       AND EXISTS (SELECT 1 FROM counter)
+), logged AS (
+    INSERT INTO changes (conversation_id, change_seq, kind, message_seq, actor_id)
+    SELECT :conversation_id, last_change_seq, 'message.created', last_seq, :sender_id
+      FROM counter
+)
+SELECT i.*, u.username AS sender_username, u.display_name AS sender_display_name
+  FROM inserted i LEFT JOIN users u ON u.id = i.sender_id
+""")
+
+
+def send_message(
+    *,
+    session: Session,
+    conversation_id: int,
+    sender_id: int,
+    body: str,
+    idempotency_key: str | None = None,
+) -> SendResult:
+    """Send a message as a member.
+
+    With an idempotency key, a repeat of the same (conversation, sender, key)
+    returns the original message and creates nothing, also when the repeats
+    arrive concurrently (see _find_replay). A repeat with a different body is a
+    Conflict: the key names one message.
+    """
+    positive_id(conversation_id, field="conversation id")
+    positive_id(sender_id, field="sender id")
+    body = _clean_body(body)
+    if idempotency_key is not None:
+        idempotency_key = clean_text(
+            idempotency_key, field="idempotency key", max_length=models.IDEMPOTENCY_KEY_MAX
+        )
+        replay = _find_replay(session, conversation_id, sender_id, idempotency_key, body)
+        if replay is not None:
+            return SendResult(replay, created=False)
+    with translated_errors():
+        row = session.execute(
+            _SEND_SQL,
+            {
+                "conversation_id": conversation_id,
+                "sender_id": sender_id,
+                "body": body,
+                "idempotency_key": idempotency_key,
+            },
+        ).one_or_none()
+    if row is None:
+        # No row: the conversation is missing or the sender is not a member.
+        # Both read as "not found" so a non-member learns nothing.
+        raise NotFound(f"no conversation with id {conversation_id}")
+    return SendResult(_message(row), created=True)
+
+
+def _find_replay(
+    session: Session, conversation_id: int, sender_id: int, key: str, body: str
+) -> Message | None:
+    """The message an earlier send with this key created, if any.
+
+    Why this is safe under concurrency: we first lock the conversation row
+    (every send to this conversation takes that lock), then look for the key.
+    A concurrent send with the same key either committed before we got the
+    lock, and we see its row now, or it waits for our commit and then finds
+    ours. No two messages with one key, and no counter increment is wasted.
+    """
+    locked = session.execute(
+        select(models.Conversation.id)
+        .where(models.Conversation.id == conversation_id)
+        .with_for_update(key_share=True)
+    ).first()
+    if locked is None:
+        raise NotFound(f"no conversation with id {conversation_id}")
+    row = session.execute(
+        _select_messages().where(
+            M.conversation_id == conversation_id,
+            M.sender_id == sender_id,
+            M.idempotency_key == key,
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.body != body:
+        raise Conflict("this idempotency key was already used for a different message")
+    return _message(row)
+
+
+def get_message(
+    *, session: Session, conversation_id: int, seq: int, actor_id: int | None = None
+) -> Message:
+    positive_id(conversation_id, field="conversation id")
+    _require_member(session, conversation_id, actor_id)
+    row = session.execute(
+        _select_messages().where(M.conversation_id == conversation_id, M.seq == seq)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no message {seq} in conversation {conversation_id}")
+    return _message(row)
+
+
+def list_messages(
+    *,
+    session: Session,
+    conversation_id: int,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 20,
+    actor_id: int | None = None,
+) -> MessagePage:
+    """A keyset page of messages, in ascending seq order.
+
+    No cursor: the newest `limit` messages. `before=N`: the `limit` messages
+    just before seq N. `after=N`: the `limit` messages just after seq N.
+    Deleted messages are included with body None, so seqs stay contiguous.
+    """
+    positive_id(conversation_id, field="conversation id")
+    limit = page_limit(limit)
+    if before is not None and after is not None:
+        raise Invalid("give either before or after, not both")
+    _require_member(session, conversation_id, actor_id)
+    if actor_id is None:
+        # Operators get a clear NotFound rather than an empty page.
+        exists = session.execute(
+            select(models.Conversation.id).where(models.Conversation.id == conversation_id)
+        ).first()
+        if exists is None:
+            raise NotFound(f"no conversation with id {conversation_id}")
+
+    # One row more than asked tells whether there is another page.
+    rows = session.execute(page_statement(conversation_id, before, after, limit)).all()
+    if after is not None:
+        has_newer = len(rows) > limit
+        messages = [_message(r) for r in rows[:limit]]
+        has_older = after > 0
+    else:
+        has_older = len(rows) > limit
+        messages = [_message(r) for r in reversed(rows[:limit])]
+        has_newer = before is not None and _exists_after(
+            session, conversation_id, messages[-1].seq if messages else before - 1
+        )
+    return MessagePage(messages=messages, has_older=has_older, has_newer=has_newer)
+
+
+def page_statement(
+    conversation_id: int, before: int | None = None, after: int | None = None, limit: int = 20
+) -> AnySelect:
+    """The SQL of a message page: a range scan of the primary key
+    (conversation_id, seq), `limit` + 1 rows, newest first unless paging forward."""
+    query = _select_messages().where(M.conversation_id == conversation_id)
+    if after is not None:
+        seq_value(after, field="after")
+        return query.where(M.seq > after).order_by(M.seq).limit(limit + 1)
+    if before is not None:
+        seq_value(before, field="before")
+        query = query.where(M.seq < before)
+    return query.order_by(M.seq.desc()).limit(limit + 1)
+
+
+def _exists_after(session: Session, conversation_id: int, seq: int) -> bool:
+    last_seq: int | None = session.execute(
+        select(models.Conversation.last_seq).where(models.Conversation.id == conversation_id)
+    ).scalar_one_or_none()
+    return last_seq is not None and last_seq > seq
+
+
+def _lock_message(session: Session, conversation_id: int, seq: int) -> AnyRow:
+    row = session.execute(
+        select(M.sender_id, M.deleted_at)
+        .where(M.conversation_id == conversation_id, M.seq == seq)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no message {seq} in conversation {conversation_id}")
+    return row
+
+
+def edit_message(
+    *, session: Session, conversation_id: int, seq: int, body: str, actor_id: int | None
+) -> Message:
+    """Change a message's text. Only its author may (operators too)."""
+    positive_id(conversation_id, field="conversation id")
+    body = _clean_body(body)
+    _require_member(session, conversation_id, actor_id)
+    target = _lock_message(session, conversation_id, seq)
+    if actor_id is not None and target.sender_id != actor_id:
+        raise Forbidden("only the author can edit a message")
+    if target.deleted_at is not None:
+        raise Invalid("a deleted message cannot be edited; restore it first")
+    with translated_errors():
+        session.execute(
+            update(M)
+            .where(M.conversation_id == conversation_id, M.seq == seq)
+            .values(body=body, edited_at=text("now()"))
+        )
+    record_change(session, conversation_id, "message.edited", message_seq=seq, actor_id=actor_id)
+    return get_message(session=session, conversation_id=conversation_id, seq=seq)
+
+
+def _set_deleted(
+    session: Session, conversation_id: int, seq: int, actor_id: int | None, deleted: bool
+) -> Message:
+    positive_id(conversation_id, field="conversation id")
+    role = _require_member(session, conversation_id, actor_id)
+    target = _lock_message(session, conversation_id, seq)
+    if actor_id is not None and target.sender_id != actor_id and role != "owner":
+        verb = "delete" if deleted else "restore"
+        raise Forbidden(f"only the author or an owner can {verb} a message")
+    if (target.deleted_at is not None) != deleted:
+        session.execute(
+            update(M)
+            .where(M.conversation_id == conversation_id, M.seq == seq)
+            .values(deleted_at=text("now()") if deleted else None)
+        )
+        kind = "message.deleted" if deleted else "message.restored"
+        record_change(session, conversation_id, kind, message_seq=seq, actor_id=actor_id)
+    return get_message(session=session, conversation_id=conversation_id, seq=seq)
+
+
+def delete_message(
+    *, session: Session, conversation_id: int, seq: int, actor_id: int | None = None
+) -> Message:
+    """Soft-delete: the text is hidden but kept, so restore_message can bring it back."""
+    return _set_deleted(session, conversation_id, seq, actor_id, deleted=True)
+
+
+def restore_message(
+    *, session: Session, conversation_id: int, seq: int, actor_id: int | None = None
+) -> Message:
+    return _set_deleted(session, conversation_id, seq, actor_id, deleted=False)
+
+
+def mark_read(*, session: Session, conversation_id: int, user_id: int, seq: int) -> int:
+    """Move the member's read marker up to `seq` (never backwards, never past the
+    last message). Returns the marker after the call. A move is a change others
+    see (read receipts, the member's other devices)."""
+    positive_id(conversation_id, field="conversation id")
+    positive_id(user_id, field="user id")
+    seq_value(seq)
+    member = models.ConversationMember
+    conversation = models.Conversation
+    target = func.least(seq, conversation.last_seq)
+    moved = session.execute(
+        update(member)
+        .where(
+            member.conversation_id == conversation_id,
+            member.user_id == user_id,
+            conversation.id == member.conversation_id,
+            member.last_read_seq < target,
+        )
+        .values(last_read_seq=target)
+        .returning(member.last_read_seq)
+    ).scalar_one_or_none()
+    if moved is not None:
+        record_change(
+            session, conversation_id, "read", message_seq=moved, user_id=user_id, actor_id=user_id
+        )
+        return int(moved)
+    current = session.execute(
+        select(member.last_read_seq).where(
+            member.conversation_id == conversation_id, member.user_id == user_id
+        )
+    ).scalar_one_or_none()
+    if current is None:
+        raise NotFound(f"no conversation with id {conversation_id}")
+    return int(current)
+
+
+def unread_count(*, session: Session, conversation_id: int, user_id: int) -> int:
+    """Messages after the member's read marker: one row read, no COUNT."""
+    positive_id(conversation_id, field="conversation id")
+    member = models.ConversationMember
+    value = session.execute(
+        select(models.Conversation.last_seq - member.last_read_seq)
+        .join(member, member.conversation_id == models.Conversation.id)
+        .where(member.conversation_id == conversation_id, member.user_id == user_id)
+    ).scalar_one_or_none()
+    if value is None:
+        raise NotFound(f"no conversation with id {conversation_id}")
+    return int(value)

@@ -1,0 +1,306 @@
+"""The module project's queries: the inbox, activity per user per day, inactive users,
+and EXPLAIN for each. (The fourth, the last messages with sender names, is
+messages.list_messages.) Every function runs in the caller's transaction.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import (
+    and_,
+    case,
+    cast,
+    func,
+    select,
+    true,
+    tuple_,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement, Executable
+from sqlalchemy.types import Date
+
+from chatdb import models
+from chatdb.errors import Invalid
+from chatdb.store._errors import translated_errors
+from chatdb.store._validate import page_limit, positive_id
+from chatdb.store.types import (
+    ActivityRow,
+    AnySelect,
+    InactivePage,
+    InactiveUser,
+    InboxCursor,
+    InboxEntry,
+    InboxPage,
+)
+
+C = models.Conversation
+CM = models.ConversationMember
+M = models.Message
+U = models.User
+
+MAX_ACTIVITY_DAYS = 366
+
+
+# --- the inbox ---
+
+
+def inbox_statement(user_id: int, before: InboxCursor | None = None, limit: int = 20) -> AnySelect:
+    """A user's conversations, newest activity first, with the last message.
+
+    The inner query picks one page of conversations through the user's
+    memberships (index on conversation_members.user_id); only then are the
+    page's last messages fetched, each by primary key (conversation_id, seq).
+    """
+    page = (
+        select(
+            C.id,
+            C.kind,
+            C.title,
+            C.last_seq,
+            C.last_activity_at,
+            C.direct_user_low_id,
+            C.direct_user_high_id,
+            CM.role,
+            CM.last_read_seq,
+        )
+        .join(CM, CM.conversation_id == C.id)
+        .where(CM.user_id == user_id)
+        .order_by(C.last_activity_at.desc(), C.id.desc())
+        .limit(limit + 1)
+    )
+    if before is not None:
+        page = page.where(
+            tuple_(C.last_activity_at, C.id)
+            < tuple_(before.last_activity_at, before.conversation_id)
+        )
+    page_sq = page.subquery("page")
+    sender = aliased(U, name="sender")
+    other = aliased(U, name="other")
+    other_id = case(
+        (page_sq.c.direct_user_low_id == user_id, page_sq.c.direct_user_high_id),
+        else_=page_sq.c.direct_user_low_id,
+    )
+    return (
+        select(
+            page_sq.c.id.label("conversation_id"),
+            page_sq.c.kind,
+            func.coalesce(page_sq.c.title, other.display_name, other.username).label("title"),
+            page_sq.c.role,
+            page_sq.c.last_seq,
+            page_sq.c.last_read_seq,
+            page_sq.c.last_activity_at,
+            M.seq.label("last_message_seq"),
+            M.body.label("last_message_body"),
+            M.sender_id.label("last_message_sender_id"),
+            func.coalesce(sender.display_name, sender.username).label("last_message_sender_name"),
+            M.created_at.label("last_message_at"),
+            M.deleted_at.label("last_message_deleted_at"),
+        )
+        .select_from(page_sq)
+        .outerjoin(M, and_(M.conversation_id == page_sq.c.id, M.seq == page_sq.c.last_seq))
+        .outerjoin(sender, sender.id == M.sender_id)
+        .outerjoin(other, and_(page_sq.c.kind == "direct", other.id == other_id))
+        .order_by(page_sq.c.last_activity_at.desc(), page_sq.c.id.desc())
+    )
+
+
+def inbox(
+    *, session: Session, user_id: int, before: InboxCursor | None = None, limit: int = 20
+) -> InboxPage:
+    positive_id(user_id, field="user id")
+    limit = page_limit(limit)
+    rows = session.execute(inbox_statement(user_id, before, limit)).all()
+    entries = [
+        InboxEntry(
+            conversation_id=r.conversation_id,
+            kind=r.kind,
+            title=r.title,
+            role=r.role,
+            last_seq=r.last_seq,
+            last_read_seq=r.last_read_seq,
+            unread_count=max(r.last_seq - r.last_read_seq, 0),
+            last_activity_at=r.last_activity_at,
+            last_message_seq=r.last_message_seq,
+            last_message_body=None if r.last_message_deleted_at else r.last_message_body,
+            last_message_sender_id=r.last_message_sender_id,
+            last_message_sender_name=r.last_message_sender_name,
+            last_message_at=r.last_message_at,
+            last_message_deleted=r.last_message_deleted_at is not None,
+        )
+        for r in rows[:limit]
+    ]
+    next_cursor = entries[-1].cursor if len(rows) > limit else None
+    return InboxPage(entries=entries, next_cursor=next_cursor)
+
+
+# --- messages per user per day ---
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise Invalid(f"unknown time zone {tz!r} (use an IANA name like Europe/Paris)") from exc
+
+
+def activity_statement(start: date, end: date, tz: str, user_id: int | None = None) -> AnySelect:
+    """Messages sent per user per local day, days `start` to `end` inclusive in zone tz.
+
+    The day boundaries are computed in the zone (so DST days have 23 or 25
+    hours) and the range is an index range scan on messages.created_at.
+    """
+    zone = _zone(tz)
+    if end < start:
+        raise Invalid("the end date is before the start date")
+    if (end - start).days >= MAX_ACTIVITY_DAYS:
+        raise Invalid(f"the report covers at most {MAX_ACTIVITY_DAYS} days")
+    try:
+        range_start = datetime.combine(start, time(), tzinfo=zone).astimezone(UTC)
+        range_end = datetime.combine(end + timedelta(days=1), time(), tzinfo=zone).astimezone(UTC)
+    except OverflowError as exc:  # the day after 9999-12-31, or year 1 east of UTC
+        raise Invalid("the dates are out of the supported range") from exc
+    day = cast(func.timezone(tz, M.created_at), Date).label("day")
+    counts = (
+        select(M.sender_id, day, func.count().label("message_count"))
+        .where(M.created_at >= range_start, M.created_at < range_end)
+        .group_by(M.sender_id, day)
+    )
+    if user_id is not None:
+        counts = counts.where(M.sender_id == user_id)
+    counts_sq = counts.subquery("counts")
+    return (
+        select(counts_sq.c.sender_id, U.username, counts_sq.c.day, counts_sq.c.message_count)
+        .select_from(counts_sq)
+        .outerjoin(U, U.id == counts_sq.c.sender_id)
+        .order_by(counts_sq.c.day, counts_sq.c.message_count.desc(), counts_sq.c.sender_id)
+    )
+
+
+def activity(
+    *, session: Session, start: date, end: date, tz: str = "UTC", user_id: int | None = None
+) -> list[ActivityRow]:
+    statement = activity_statement(start, end, tz, user_id)
+    # PostgreSQL's zone names can differ from Python's (each has its own copy of
+    # the tz database); a name only Python knows is refused as Invalid here.
+    with translated_errors():
+        rows = session.execute(statement).all()
+    return [
+        ActivityRow(
+            user_id=r.sender_id, username=r.username, day=r.day, message_count=r.message_count
+        )
+        for r in rows
+    ]
+
+
+# --- inactive users ---
+
+
+def inactive_statement(
+    days: int, after_id: int = 0, limit: int = 50, now: datetime | None = None
+) -> AnySelect:
+    """Users with no message in the last `days` days, never-senders included, by id.
+
+    Each user's last message is one backward step on (sender_id, created_at),
+    so a page costs about `limit` index probes, not a scan of messages.
+    """
+    if not 1 <= days <= 36_500:
+        raise Invalid("days must be between 1 and 36500")
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    last = (
+        select(M.created_at)
+        .where(M.sender_id == U.id)
+        .order_by(M.created_at.desc())
+        .limit(1)
+        .lateral("last")
+    )
+    return (
+        select(U.id, U.username, U.created_at, last.c.created_at.label("last_message_at"))
+        .outerjoin(last, true())
+        .where(U.id > after_id)
+        .where((last.c.created_at.is_(None)) | (last.c.created_at < cutoff))
+        .order_by(U.id)
+        .limit(limit + 1)
+    )
+
+
+def inactive_users(
+    *,
+    session: Session,
+    days: int = 30,
+    after_id: int = 0,
+    limit: int = 50,
+    now: datetime | None = None,
+) -> InactivePage:
+    limit = page_limit(limit)
+    rows = session.execute(inactive_statement(days, after_id, limit, now)).all()
+    users = [
+        InactiveUser(
+            id=r.id, username=r.username, created_at=r.created_at, last_message_at=r.last_message_at
+        )
+        for r in rows[:limit]
+    ]
+    return InactivePage(users=users, next_after_id=users[-1].id if len(rows) > limit else None)
+
+
+# --- EXPLAIN ------------------------------------------------------------------------
+
+
+class Explain(Executable, ClauseElement):
+    """EXPLAIN (ANALYZE, BUFFERS) of a statement, with the statement's own parameters."""
+
+    inherit_cache = False
+
+    def __init__(self, statement: AnySelect) -> None:
+        self.statement = statement
+
+
+@compiles(Explain, "postgresql")
+def _compile_explain(element: Explain, compiler: SQLCompiler, **kw: Any) -> str:
+    return "EXPLAIN (ANALYZE, BUFFERS) " + compiler.process(element.statement, **kw)
+
+
+def explain(*, session: Session, statement: AnySelect) -> list[str]:
+    """The plan PostgreSQL chose for `statement`, as it ran (it is executed)."""
+    return [row[0] for row in session.execute(Explain(statement))]
+
+
+# --- an overview, for the demo and `chatdb stats` ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    users: int
+    conversations: int
+    messages: int
+    busiest_conversation_id: int | None
+    most_connected_user_id: int | None
+
+
+def overview(*, session: Session) -> Overview:
+    """Counts, and where the interesting data is. The message count is the sum of
+    the conversation counters (exact, no scan of messages)."""
+    counts = session.execute(
+        select(
+            select(func.count()).select_from(U).scalar_subquery().label("users"),
+            select(func.count()).select_from(C).scalar_subquery().label("conversations"),
+            select(func.coalesce(func.sum(C.last_seq), 0)).scalar_subquery().label("messages"),
+            select(C.id).order_by(C.last_seq.desc(), C.id).limit(1).scalar_subquery().label("busy"),
+            select(CM.user_id)
+            .group_by(CM.user_id)
+            .order_by(func.count().desc(), CM.user_id)
+            .limit(1)
+            .scalar_subquery()
+            .label("connected"),
+        )
+    ).one()
+    return Overview(
+        users=counts.users,
+        conversations=counts.conversations,
+        messages=int(counts.messages),
+        busiest_conversation_id=counts.busy,
+        most_connected_user_id=counts.connected,
+    )

@@ -1,0 +1,141 @@
+"""What the data layer returns: plain immutable values, detached from any session."""
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, TypeAlias
+
+from sqlalchemy import Row, Select
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    email: str
+    display_name: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: int
+    kind: str
+    title: str | None
+    last_seq: int
+    # The change log position: /changes?since=<this> returns what comes next.
+    last_change_seq: int
+    last_activity_at: datetime
+    created_at: datetime
+    direct_user_ids: tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    conversation_id: int
+    user_id: int
+    username: str
+    display_name: str | None
+    role: str
+    last_read_seq: int
+    joined_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    conversation_id: int
+    seq: int
+    sender_id: int | None
+    # None when the sender's account was deleted.
+    sender_username: str | None
+    sender_display_name: str | None
+    # None while the message is deleted (it can be restored).
+    body: str | None
+    created_at: datetime
+    edited_at: datetime | None
+    deleted_at: datetime | None
+
+    @property
+    def sender_name(self) -> str:
+        if self.sender_id is None:
+            return "(deleted user)"
+        return self.sender_display_name or self.sender_username or f"user {self.sender_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message: Message
+    # False when an earlier send with the same idempotency key is returned.
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """Messages in ascending seq order, with what is needed to ask for more."""
+
+    messages: list[Message]
+    has_older: bool
+    has_newer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InboxCursor:
+    """Where an inbox page ended: the last conversation's activity time and id."""
+
+    last_activity_at: datetime
+    conversation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    conversation_id: int
+    kind: str
+    # The group's title, or for a direct conversation the other user's name.
+    title: str | None
+    role: str
+    last_seq: int
+    last_read_seq: int
+    unread_count: int
+    last_activity_at: datetime
+    last_message_seq: int | None
+    last_message_body: str | None
+    last_message_sender_id: int | None
+    last_message_sender_name: str | None
+    last_message_at: datetime | None
+    last_message_deleted: bool
+
+    @property
+    def cursor(self) -> InboxCursor:
+        return InboxCursor(self.last_activity_at, self.conversation_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxPage:
+    entries: list[InboxEntry]
+    next_cursor: InboxCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRow:
+    user_id: int | None
+    username: str | None
+    day: date
+    message_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InactiveUser:
+    id: int
+    username: str
+    created_at: datetime
+    last_message_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InactivePage:
+    users: list[InactiveUser]
+    next_after_id: int | None
+
+
+# Rows and statements of any shape, for the helpers that map rows to the values above.
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+AnySelect: TypeAlias = Select[*tuple[Any, ...]]

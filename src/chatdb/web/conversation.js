@@ -1,0 +1,781 @@
+// One open conversation: its messages (a contiguous range of seqs, paged
+// backwards with `before=` and forwards with `after=`), the read marker, the
+// composer, and the live changes that concern it.
+
+import { ApiError, NetworkError } from "./api.js";
+import { $, fill, fullTime, h, messageTime, timeEl, toast } from "./dom.js";
+
+const PAGE = 50;
+const MAX_PAGE = 200;
+const NEAR_TOP_PX = 400;
+const NEAR_BOTTOM_PX = 80;
+// When opening with many unread messages, load back to the first unread, up to this many.
+const MAX_INITIAL = 1000;
+
+export class ConversationView {
+  constructor(app, conversationId) {
+    this.app = app;
+    this.api = app.api;
+    this.me = app.me;
+    this.id = conversationId;
+    this.conversation = null;
+    this.role = null;
+    this.members = new Map();
+    this.messages = new Map(); // seq -> message, for seqs oldest..newest
+    this.oldest = null;
+    this.newest = 0;
+    this.hasOlder = false;
+    this.readSeq = 0; // our read marker as far as we know (moved optimistically)
+    this.postedRead = 0;
+    this.markerSeq = null; // the read marker when the conversation was opened
+    this.changeSeq = 0; // the last change of this conversation applied
+    this.ready = false;
+    this.catching = false;
+    this.queue = []; // changes that arrived while loading or catching up
+    this.sentEarly = []; // our messages the server confirmed while loading
+    this.loadingOlder = false;
+    this.newerLoad = null;
+    this.editing = null;
+    this.unseen = 0;
+    this.closed = false;
+    this.readTimer = 0;
+    this.listeners = new AbortController();
+
+    this.pane = $("#conv-pane");
+    this.log = $("#messages");
+    this.list = $("#message-list");
+    this.pendingList = $("#pending-list");
+    this.status = $("#history-status");
+    this.jump = $("#jump");
+    this.input = $("#composer-input");
+    this.titleEl = $("#conv-title");
+    this.subtitleEl = $("#conv-subtitle");
+  }
+
+  // --- lifecycle ---------------------------------------------------------------------
+
+  async open() {
+    const signal = this.listeners.signal;
+    this.list.replaceChildren();
+    this.pendingList.replaceChildren();
+    this.jump.hidden = true;
+    this.titleEl.textContent = this.app.titleOf(this.id) ?? "Loading…";
+    this.subtitleEl.textContent = "";
+    this.setStatus("Loading…");
+    this.log.setAttribute("aria-busy", "true");
+    this.input.value = this.app.drafts.get(this.id) ?? "";
+    this.autosize();
+
+    let frame = 0;
+    this.log.addEventListener(
+      "scroll",
+      () => {
+        if (frame) return;
+        frame = requestAnimationFrame(() => {
+          frame = 0;
+          this.onScroll();
+        });
+      },
+      { signal },
+    );
+    document.addEventListener("visibilitychange", () => this.checkRead(), { signal });
+    window.addEventListener("focus", () => this.checkRead(), { signal });
+    window.addEventListener("resize", () => this.checkRead(), { signal });
+    this.jump.addEventListener("click", () => this.scrollToBottom(), { signal });
+    this.input.addEventListener("keydown", (e) => this.onComposerKey(e), { signal });
+    this.input.addEventListener("input", () => this.autosize(), { signal });
+    $("#composer").addEventListener(
+      "submit",
+      (e) => {
+        e.preventDefault();
+        this.send();
+      },
+      { signal },
+    );
+    this.status.addEventListener(
+      "click",
+      (e) => {
+        if (e.target.closest("button")) this.loadOlder();
+      },
+      { signal },
+    );
+
+    try {
+      const [conversation, mine] = await Promise.all([
+        this.api.get(`/v1/conversations/${this.id}`),
+        this.api.get(`/v1/conversations/${this.id}/members?after=${this.me.id - 1}&limit=1`),
+      ]);
+      if (this.closed) return;
+      const membership = mine.find((m) => m.user_id === this.me.id);
+      if (!membership) throw new ApiError(404, "not_found", "not a member");
+      this.conversation = conversation;
+      this.changeSeq = conversation.last_change_seq;
+      this.role = membership.role;
+      this.readSeq = this.postedRead = membership.last_read_seq;
+      this.markerSeq = membership.last_read_seq;
+      this.renderHeader();
+
+      const unread = conversation.last_seq - this.readSeq;
+      const limit = Math.min(MAX_PAGE, Math.max(PAGE, unread + 10));
+      const page = await this.api.get(`/v1/conversations/${this.id}/messages?limit=${limit}`);
+      if (this.closed) return;
+      this.hasOlder = page.has_older;
+      this.insert(page.messages, "end");
+      while (
+        this.hasOlder &&
+        this.oldest > this.markerSeq + 1 &&
+        this.messages.size < MAX_INITIAL
+      ) {
+        const older = await this.api.get(
+          `/v1/conversations/${this.id}/messages?before=${this.oldest}&limit=${MAX_PAGE}`,
+        );
+        if (this.closed) return;
+        this.hasOlder = older.has_older;
+        this.insert(older.messages, "start");
+      }
+      this.renderPending();
+      const divider = this.renderDivider();
+      this.log.removeAttribute("aria-busy");
+      if (divider) {
+        // The first unread a third of the way down, with some context above it
+        // (the log is the divider's offsetParent).
+        this.log.scrollTop = Math.max(0, divider.offsetTop - this.log.clientHeight / 3);
+        if (this.log.scrollTop + this.log.clientHeight >= this.log.scrollHeight - 2) {
+          this.scrollToBottom();
+        }
+      } else this.scrollToBottom();
+      this.ready = true;
+      for (const message of this.sentEarly.splice(0)) this.sent(message);
+      this.drainQueue();
+      this.updateStatus();
+      this.checkRead();
+      this.fillViewport();
+      this.loadMembers();
+    } catch (error) {
+      if (this.closed) return;
+      this.log.removeAttribute("aria-busy");
+      if (error instanceof ApiError && error.status === 404) {
+        this.gone("This conversation does not exist, or you are not a member of it.");
+      } else {
+        const retry = h(
+          "button",
+          { type: "button", class: "link-button", onclick: () => this.app.reopen() },
+          "Try again",
+        );
+        this.setStatus("Could not load this conversation. ", retry);
+      }
+    }
+  }
+
+  close() {
+    this.closed = true;
+    if (this.input.value.trim()) this.app.drafts.set(this.id, this.input.value);
+    else this.app.drafts.delete(this.id);
+    this.listeners.abort();
+    clearTimeout(this.readTimer);
+    if (this.readSeq > this.postedRead) this.postRead(); // what was read, even if we leave at once
+  }
+
+  /** The conversation is no longer ours (left, removed, deleted). */
+  gone(message) {
+    this.ready = false;
+    this.list.replaceChildren();
+    this.pendingList.replaceChildren();
+    this.setStatus(message);
+    this.app.conversationGone(this.id, message);
+  }
+
+  // --- header and members ------------------------------------------------------------
+
+  renderHeader() {
+    const title = this.app.titleOf(this.id) ?? this.fallbackTitle();
+    this.titleEl.textContent = title;
+    document.title = `${title} · chatdb`;
+    const others = [...this.members.values()].filter((m) => m.user_id !== this.me.id);
+    if (this.conversation?.kind === "direct") {
+      const other = others[0];
+      this.subtitleEl.textContent = other
+        ? `Direct conversation with @${other.username}`
+        : "Direct conversation";
+    } else if (this.members.size) {
+      const names = others.map((m) => m.display_name || m.username);
+      const shown = names.slice(0, 4).join(", ");
+      const more = names.length > 4 ? ` and ${names.length - 4} more` : "";
+      this.subtitleEl.textContent = `${this.members.size} members: you, ${shown}${more}`;
+    } else {
+      this.subtitleEl.textContent = "Group";
+    }
+  }
+
+  fallbackTitle() {
+    if (this.conversation?.title) return this.conversation.title;
+    const other = [...this.members.values()].find((m) => m.user_id !== this.me.id);
+    if (other) return other.display_name || other.username;
+    return this.conversation?.kind === "direct" ? "Direct conversation" : "Untitled group";
+  }
+
+  async loadMembers() {
+    try {
+      const members = await this.api.get(`/v1/conversations/${this.id}/members?limit=100`);
+      if (this.closed) return;
+      this.members = new Map(members.map((m) => [m.user_id, m]));
+      const mine = this.members.get(this.me.id);
+      if (mine && mine.role !== this.role) {
+        this.role = mine.role;
+        this.rerenderAll(); // owners may delete and restore others' messages
+      }
+      this.renderHeader();
+      this.app.membersChanged(this.id);
+    } catch (error) {
+      if (!(error instanceof NetworkError)) console.error(error);
+    }
+  }
+
+  async refreshConversation() {
+    try {
+      this.conversation = await this.api.get(`/v1/conversations/${this.id}`);
+      if (!this.closed) this.renderHeader();
+    } catch {
+      // the next change or the inbox will tell
+    }
+  }
+
+  // --- messages ------------------------------------------------------------------------
+
+  /** Add messages not shown yet at the start (older) or the end (newer) of the list. */
+  insert(messages, where) {
+    const fresh = messages.filter((m) => !this.messages.has(m.seq));
+    if (!fresh.length) return 0;
+    const fragment = document.createDocumentFragment();
+    for (const message of fresh) {
+      this.messages.set(message.seq, message);
+      fragment.append(this.renderMessage(message));
+    }
+    if (where === "start") {
+      this.list.prepend(fragment);
+    } else {
+      this.list.append(fragment);
+    }
+    this.oldest = Math.min(this.oldest ?? Infinity, fresh[0].seq);
+    this.newest = Math.max(this.newest, fresh[fresh.length - 1].seq);
+    return fresh.length;
+  }
+
+  renderMessage(message) {
+    const li = h("li", { class: "msg", dataset: { seq: message.seq } });
+    this.fillMessage(li, message);
+    return li;
+  }
+
+  fillMessage(li, m) {
+    const mine = m.sender_id === this.me.id;
+    // Owners moderate groups; in a direct conversation each manages their own.
+    const canModerate = mine || (this.role === "owner" && this.conversation?.kind === "group");
+    li.className = `msg${mine ? " mine" : ""}${m.deleted_at ? " deleted" : ""}`;
+    const when = messageTime(m.created_at);
+    const meta = h(
+      "div",
+      { class: "meta" },
+      h("span", { class: "sender" }, mine ? "You" : m.sender_name),
+      " ",
+      timeEl(m.created_at, messageTime),
+      m.edited_at && !m.deleted_at
+        ? h("span", { class: "edited", title: `Edited ${fullTime(m.edited_at)}` }, " · edited")
+        : null,
+    );
+    const body = m.deleted_at
+      ? h("p", { class: "body" }, "Message deleted")
+      : h("p", { class: "body" }, m.body);
+    // Names that say which message: "Edit message: Sure, send me the link".
+    const about = m.deleted_at ? ` from ${when}` : `: ${snippet(m.body)}`;
+    const button = (label, action, name) =>
+      h(
+        "button",
+        { type: "button", class: "link-button", "aria-label": `${name}${about}`, onclick: action },
+        label,
+      );
+    const actions = [];
+    if (m.deleted_at) {
+      if (canModerate) actions.push(button("Restore", () => this.restore(m.seq), "Restore message"));
+    } else {
+      if (mine) actions.push(button("Edit", () => this.startEdit(m.seq), "Edit message"));
+      if (canModerate) actions.push(button("Delete", () => this.remove(m.seq), "Delete message"));
+    }
+    fill(
+      li,
+      h("div", { class: "bubble" }, meta, body),
+      actions.length ? h("div", { class: "actions" }, actions) : null,
+    );
+  }
+
+  /** A message changed (edit, delete, restore, or a newer state of it). */
+  upsert(message) {
+    if (this.messages.has(message.seq)) {
+      this.messages.set(message.seq, message);
+      if (this.editing !== message.seq) {
+        const li = this.itemOf(message.seq);
+        if (li) this.fillMessage(li, message);
+      }
+      return;
+    }
+    if (this.oldest !== null && message.seq < this.oldest) return; // not loaded; paging will bring it
+    if (message.seq === this.newest + 1) {
+      this.appendNewer([message]);
+    } else if (message.seq > this.newest) {
+      this.loadNewer(); // missed some: fetch the gap
+    }
+  }
+
+  appendNewer(messages) {
+    const atBottom = this.atBottom();
+    const added = this.insert(messages, "end");
+    if (!added) return;
+    const ours = messages.every((m) => m.sender_id === this.me.id);
+    if (atBottom || ours) {
+      this.scrollToBottom();
+    } else {
+      this.unseen += messages.filter((m) => m.sender_id !== this.me.id).length;
+      this.updateJump();
+    }
+    this.checkRead();
+  }
+
+  /** Everything after the newest message shown (after a gap in live updates). */
+  loadNewer() {
+    if (this.newerLoad) return this.newerLoad;
+    this.newerLoad = (async () => {
+      try {
+        for (;;) {
+          const page = await this.api.get(
+            `/v1/conversations/${this.id}/messages?after=${this.newest}&limit=${MAX_PAGE}`,
+          );
+          if (this.closed) return;
+          this.appendNewer(page.messages);
+          if (!page.has_newer || !page.messages.length) return;
+        }
+      } catch (error) {
+        if (!(error instanceof NetworkError)) console.error(error);
+      } finally {
+        this.newerLoad = null;
+      }
+    })();
+    return this.newerLoad;
+  }
+
+  async loadOlder() {
+    if (this.loadingOlder || !this.hasOlder || !this.ready || this.closed) return;
+    this.loadingOlder = true;
+    this.updateStatus();
+    this.log.setAttribute("aria-busy", "true");
+    let ok = false;
+    try {
+      const page = await this.api.get(
+        `/v1/conversations/${this.id}/messages?before=${this.oldest}&limit=${PAGE}`,
+      );
+      if (this.closed) return;
+      // Keep what the reader looks at where it is: grow the scroll offset by
+      // exactly the height added above it (overflow-anchor is off for the log).
+      const height = this.log.scrollHeight;
+      const top = this.log.scrollTop;
+      this.hasOlder = page.has_older;
+      this.insert(page.messages, "start");
+      this.log.scrollTop = top + (this.log.scrollHeight - height);
+      ok = true;
+    } catch (error) {
+      if (!(error instanceof NetworkError)) console.error(error);
+    } finally {
+      this.loadingOlder = false;
+      this.log.removeAttribute("aria-busy");
+      this.updateStatus(ok ? null : "Could not load earlier messages.");
+    }
+    if (ok) this.fillViewport();
+  }
+
+  /** Load older pages while the reader is near the top (or the page does not fill the view). */
+  fillViewport() {
+    if (this.hasOlder && this.log.scrollTop < NEAR_TOP_PX) this.loadOlder();
+  }
+
+  setStatus(...children) {
+    fill(this.status, ...children);
+  }
+
+  updateStatus(error = null) {
+    if (error) {
+      this.setStatus(error, " ", linkButton("Try again"));
+    } else if (this.loadingOlder) {
+      this.setStatus("Loading earlier messages…");
+    } else if (this.hasOlder) {
+      this.setStatus(linkButton("Load earlier messages"));
+    } else {
+      this.setStatus("This is the beginning of the conversation.");
+    }
+  }
+
+  renderDivider() {
+    this.list.querySelector(".unread-divider")?.remove();
+    if (this.markerSeq === null) return null;
+    const first = this.itemOf(this.markerSeq + 1);
+    if (!first) return null;
+    const divider = h(
+      "li",
+      { class: "unread-divider", role: "separator" },
+      h("span", {}, "New messages"),
+    );
+    first.before(divider);
+    return divider;
+  }
+
+  itemOf(seq) {
+    return this.list.querySelector(`li[data-seq="${Number(seq)}"]`);
+  }
+
+  rerenderAll() {
+    for (const [seq, message] of this.messages) {
+      if (seq === this.editing) continue;
+      const li = this.itemOf(seq);
+      if (li) this.fillMessage(li, message);
+    }
+  }
+
+  // --- scrolling and the read marker ------------------------------------------------------
+
+  atBottom() {
+    return this.log.scrollHeight - this.log.scrollTop - this.log.clientHeight <= NEAR_BOTTOM_PX;
+  }
+
+  scrollToBottom() {
+    this.log.scrollTop = this.log.scrollHeight;
+    this.unseen = 0;
+    this.updateJump();
+    this.checkRead();
+  }
+
+  updateJump() {
+    const away = !this.atBottom();
+    this.jump.hidden = !away;
+    this.jump.textContent = this.unseen ? `${this.unseen} new ↓` : "Latest ↓";
+  }
+
+  onScroll() {
+    if (this.closed) return;
+    if (this.atBottom()) this.unseen = 0;
+    this.updateJump();
+    this.checkRead();
+    this.fillViewport();
+  }
+
+  /** The newest message whose end is on screen. */
+  lastVisibleSeq() {
+    const bottom = this.log.getBoundingClientRect().bottom + 1;
+    const items = this.list.children;
+    for (let i = items.length - 1; i >= 0; i--) {
+      const el = items[i];
+      if (!el.dataset.seq) continue;
+      if (el.getBoundingClientRect().bottom <= bottom) return Number(el.dataset.seq);
+    }
+    return 0;
+  }
+
+  /** Move the read marker to what is on screen, if the page is being looked at. */
+  checkRead() {
+    if (!this.ready || this.closed || document.visibilityState !== "visible") return;
+    const seq = this.lastVisibleSeq();
+    if (seq <= this.readSeq) return;
+    this.readSeq = seq;
+    this.app.readLocally(this.id, seq);
+    if (!this.readTimer) this.readTimer = setTimeout(() => this.postRead(), 300);
+  }
+
+  async postRead() {
+    clearTimeout(this.readTimer);
+    this.readTimer = 0;
+    const seq = this.readSeq;
+    if (seq <= this.postedRead) return;
+    try {
+      const result = await this.api.post(`/v1/conversations/${this.id}/read`, { seq });
+      this.postedRead = Math.max(this.postedRead, result.last_read_seq);
+    } catch (error) {
+      if (error instanceof NetworkError || (error instanceof ApiError && error.transient)) {
+        if (!this.closed && !this.readTimer) this.readTimer = setTimeout(() => this.postRead(), 3000);
+      }
+    }
+  }
+
+  // --- live changes -------------------------------------------------------------------------
+
+  /** A change of this conversation from the live stream; applied once, in change_seq order. */
+  applyChange(change) {
+    if (!this.ready || this.catching) {
+      this.queue.push(change);
+      return;
+    }
+    if (change.change_seq <= this.changeSeq) return; // already applied
+    if (change.change_seq > this.changeSeq + 1) {
+      this.queue.push(change); // something is missing before it: fetch from the change log
+      this.catchUp();
+      return;
+    }
+    this.changeSeq = change.change_seq;
+    this.applyKind(change);
+  }
+
+  drainQueue() {
+    const queued = this.queue.sort((a, b) => a.change_seq - b.change_seq);
+    this.queue = [];
+    for (const change of queued) this.applyChange(change);
+  }
+
+  /** Everything after the last applied change, over plain HTTP (after a stream lost its position). */
+  async catchUp() {
+    if (this.catching || !this.ready || this.closed) return;
+    this.catching = true;
+    let ok = false;
+    try {
+      for (;;) {
+        const page = await this.api.get(
+          `/v1/conversations/${this.id}/changes?since=${this.changeSeq}&limit=${MAX_PAGE}`,
+        );
+        if (this.closed) return;
+        for (const change of page.changes) {
+          if (change.change_seq !== this.changeSeq + 1) continue;
+          this.changeSeq = change.change_seq;
+          this.applyKind(change);
+        }
+        if (!page.has_more || !page.changes.length) break;
+      }
+      ok = true;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) {
+        this.gone("You are no longer a member of this conversation.");
+        return;
+      }
+      setTimeout(() => this.catchUp(), 2000);
+    } finally {
+      this.catching = false;
+    }
+    if (ok) this.drainQueue();
+  }
+
+  applyKind(change) {
+    const mine = change.user_id === this.me.id;
+    switch (change.kind) {
+      case "message.created":
+        if (change.message) {
+          if (change.message.sender_id === this.me.id) this.app.outbox.matchStored(change.message);
+          this.upsert(change.message);
+          this.renderPending();
+        }
+        break;
+      case "message.edited":
+      case "message.deleted":
+      case "message.restored":
+        if (change.message) this.upsert(change.message);
+        break;
+      case "read":
+        if (mine && change.message_seq > this.readSeq) this.readSeq = change.message_seq;
+        if (mine) this.postedRead = Math.max(this.postedRead, change.message_seq);
+        break;
+      case "member.removed":
+        if (mine) {
+          this.gone("You are no longer a member of this conversation.");
+          return;
+        }
+        this.loadMembers();
+        break;
+      case "member.added":
+      case "member.role":
+        this.loadMembers();
+        break;
+      case "conversation.renamed":
+        this.refreshConversation();
+        break;
+      case "conversation.deleted":
+        this.gone("This conversation was deleted.");
+        break;
+      default:
+        break;
+    }
+  }
+
+  // --- sending, editing, deleting --------------------------------------------------------
+
+  onComposerKey(event) {
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+    if (event.altKey || event.ctrlKey || event.metaKey) return;
+    event.preventDefault();
+    this.send();
+  }
+
+  autosize() {
+    this.input.style.height = "auto";
+    this.input.style.height = `${Math.min(this.input.scrollHeight + 2, 160)}px`;
+  }
+
+  send() {
+    const body = this.input.value.replace(/\s+$/u, "");
+    if (!body.trim()) return;
+    if (body.length > 4000) {
+      toast(`A message is at most 4000 characters (this one has ${body.length}).`, { error: true });
+      return;
+    }
+    this.app.outbox.send(this.id, body);
+    this.input.value = "";
+    this.autosize();
+    this.renderPending();
+    this.scrollToBottom();
+  }
+
+  /** Messages still on their way (or refused), below the stored ones. */
+  renderPending() {
+    if (this.closed) return;
+    const items = this.app.outbox.pending(this.id);
+    const atBottom = this.atBottom();
+    fill(
+      this.pendingList,
+      items.map((item) =>
+        h(
+          "li",
+          { class: `msg mine pending ${item.state}`, dataset: { key: item.key } },
+          h(
+            "div",
+            { class: "bubble" },
+            h(
+              "div",
+              { class: "meta" },
+              h("span", { class: "sender" }, "You"),
+              " ",
+              h("span", { class: "send-state" }, stateText(item)),
+            ),
+            h("p", { class: "body" }, item.body),
+          ),
+          item.state === "failed"
+            ? h(
+                "div",
+                { class: "actions shown" },
+                linkButton("Retry", () => this.app.outbox.retry(item.key)),
+                linkButton("Discard", () => this.app.outbox.discard(item.key)),
+              )
+            : null,
+        ),
+      ),
+    );
+    if (atBottom) this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  /** The server has our message (the answer to our send). */
+  sent(message) {
+    if (!this.ready) {
+      this.sentEarly.push(message); // shown once the first page is in
+      return;
+    }
+    this.upsert(message);
+    this.renderPending();
+    if (message.seq === this.newest) this.scrollToBottom();
+  }
+
+  startEdit(seq) {
+    const message = this.messages.get(seq);
+    const li = this.itemOf(seq);
+    if (!message || !li || message.deleted_at) return;
+    if (this.editing !== null) this.stopEdit();
+    this.editing = seq;
+    const box = h("textarea", { class: "edit-box", "aria-label": "Edit message", maxlength: 4000 });
+    box.value = message.body;
+    const cancel = () => {
+      this.stopEdit();
+      this.itemOf(seq)?.querySelector(".actions button")?.focus();
+    };
+    const form = h(
+      "form",
+      { class: "edit-form" },
+      box,
+      h(
+        "div",
+        { class: "edit-buttons" },
+        h("button", { type: "submit", class: "primary small" }, "Save"),
+        h("button", { type: "button", class: "small", onclick: cancel }, "Cancel"),
+        h("span", { class: "hint" }, "Enter to save · Esc to cancel"),
+      ),
+    );
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Escape") {
+        e.preventDefault();
+        cancel();
+      } else if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const body = box.value.replace(/\s+$/u, "");
+      if (!body.trim()) return;
+      if (body === message.body) {
+        cancel();
+        return;
+      }
+      try {
+        const updated = await this.api.patch(`/v1/conversations/${this.id}/messages/${seq}`, { body });
+        this.stopEdit();
+        this.upsert(updated);
+        this.itemOf(seq)?.querySelector(".actions button")?.focus();
+      } catch (error) {
+        toast(`Could not save the edit: ${describe(error)}`, { error: true });
+      }
+    });
+    li.querySelector(".body").replaceWith(form);
+    li.querySelector(".actions")?.remove();
+    box.style.height = `${Math.min(box.scrollHeight + 2, 240)}px`;
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+
+  stopEdit() {
+    const seq = this.editing;
+    this.editing = null;
+    const li = seq !== null ? this.itemOf(seq) : null;
+    if (li) this.fillMessage(li, this.messages.get(seq));
+  }
+
+  async remove(seq) {
+    try {
+      const message = await this.api.delete(`/v1/conversations/${this.id}/messages/${seq}`);
+      this.upsert(message);
+      this.itemOf(seq)?.querySelector(".actions button")?.focus();
+    } catch (error) {
+      toast(`Could not delete the message: ${describe(error)}`, { error: true });
+    }
+  }
+
+  async restore(seq) {
+    try {
+      const message = await this.api.post(`/v1/conversations/${this.id}/messages/${seq}/restore`);
+      this.upsert(message);
+      this.itemOf(seq)?.querySelector(".actions button")?.focus();
+    } catch (error) {
+      toast(`Could not restore the message: ${describe(error)}`, { error: true });
+    }
+  }
+}
+
+function linkButton(label, onclick = null) {
+  return h("button", { type: "button", class: "link-button", onclick }, label);
+}
+
+function snippet(text) {
+  const line = text.split("\n", 1)[0];
+  return line.length > 40 ? `${line.slice(0, 40)}…` : line;
+}
+
+function stateText(item) {
+  if (item.state === "failed") return `Not sent: ${item.error}`;
+  if (item.state === "waiting") return "Not sent yet: no connection. Retrying…";
+  return "Sending…";
+}
+
+export function describe(error) {
+  if (error instanceof NetworkError) return "no connection to the server";
+  if (error instanceof ApiError) return error.detail;
+  return String(error);
+}

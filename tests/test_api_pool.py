@@ -1,0 +1,62 @@
+"""The connection pool under the API: exhaustion and lost connections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from chatdb.api.app import create_app
+from chatdb.db import make_engine, psycopg_conninfo
+from tests.api_support import Api, api_settings
+
+
+@pytest.fixture
+def small_pool_api(fresh_database: URL) -> Iterator[tuple[Api, Engine]]:
+    settings = api_settings(pool_size=1, pool_max_overflow=0, pool_timeout_seconds=0.3)
+    engine = make_engine(fresh_database, settings)
+    with TestClient(create_app(engine, settings), raise_server_exceptions=False) as client:
+        yield Api(client), engine
+    engine.dispose()
+
+
+def test_pool_exhaustion_answers_503_with_retry_after(
+    small_pool_api: tuple[Api, Engine],
+) -> None:
+    api, engine = small_pool_api
+    alice = api.account("alice")
+    assert api.client.get("/v1/me", headers=alice.auth).status_code == 200
+    with engine.connect():  # the only connection, held
+        busy = api.client.get("/v1/me", headers=alice.auth)
+    assert busy.status_code == 503
+    assert busy.headers["content-type"] == "application/problem+json"
+    assert busy.headers["retry-after"] == "1"
+    assert busy.json()["code"] == "busy"
+    # Once the connection is back, requests succeed again.
+    assert api.client.get("/v1/me", headers=alice.auth).status_code == 200
+
+
+def test_requests_succeed_after_the_server_drops_every_connection(
+    api: Api, fresh_database: URL
+) -> None:
+    """What a PostgreSQL restart does to a pool: every pooled connection dies.
+    Connections are checked before use, so no request fails once the server
+    answers again, and chatdb needs no restart."""
+    alice, bob = api.account("alice"), api.account("bob")
+    conversation = api.group(alice, bob)
+    api.send(alice, conversation, "before")
+    with psycopg.connect(psycopg_conninfo(fresh_database), autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert killed is not None
+    assert killed[0] >= 1
+    for _ in range(3):
+        response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
+        assert response.status_code == 200, response.text
+    assert api.send(bob, conversation, "after")["seq"] == 2

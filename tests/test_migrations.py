@@ -1,0 +1,231 @@
+"""Migrations: up, down and up again on an empty database; they agree with the models;
+a migration that fails halfway changes nothing; ensure_current guards the schema."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ProgrammingError
+
+from chatdb import migrate
+from chatdb.db import make_engine
+from chatdb.errors import SchemaOutdated
+from chatdb.models import Base
+from tests.conftest import TEST_SETTINGS, create_database, drop_database
+
+MODEL_TABLES = set(Base.metadata.tables)
+
+
+@pytest.fixture
+def empty_engine(server_url: URL) -> Iterator[Engine]:
+    """An engine on a brand-new database with no schema at all."""
+    name = f"chatdb_m_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name)
+    engine = make_engine(url, TEST_SETTINGS)
+    yield engine
+    engine.dispose()
+    drop_database(server_url, name)
+
+
+def _tables(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return set(inspect(connection).get_table_names())
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return migrate.current_revision(connection)
+
+
+def _functions(engine: Engine) -> set[str]:
+    """Functions chatdb created in the public schema (triggers' functions)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = 'public'"
+            )
+        )
+        return {row[0] for row in rows}
+
+
+def test_upgrade_downgrade_upgrade(empty_engine: Engine) -> None:
+    assert _tables(empty_engine) == set()
+
+    migrate.upgrade(empty_engine)
+    assert _tables(empty_engine) == MODEL_TABLES | {"alembic_version"}
+    assert _revision(empty_engine) == migrate.head_revision()
+
+    migrate.downgrade(empty_engine, "base")
+    assert _tables(empty_engine) == {"alembic_version"}
+    assert _revision(empty_engine) is None
+    assert _functions(empty_engine) == set()
+
+    migrate.upgrade(empty_engine)
+    assert _tables(empty_engine) == MODEL_TABLES | {"alembic_version"}
+    assert _revision(empty_engine) == migrate.head_revision()
+
+
+def test_each_step_downgrades_and_upgrades_again(empty_engine: Engine) -> None:
+    revisions = [rev.revision for rev in reversed(migrate.history())]
+    for revision in revisions:
+        migrate.upgrade(empty_engine, revision)
+        assert _revision(empty_engine) == revision
+    for index in range(len(revisions) - 1, 0, -1):
+        migrate.downgrade(empty_engine, revisions[index - 1])
+        assert _revision(empty_engine) == revisions[index - 1]
+        migrate.upgrade(empty_engine, revisions[index])
+        assert _revision(empty_engine) == revisions[index]
+        migrate.downgrade(empty_engine, revisions[index - 1])
+    migrate.upgrade(empty_engine)
+    assert _revision(empty_engine) == migrate.head_revision()
+
+
+def test_migrated_schema_matches_the_models(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_the_model_comparison_notices_a_difference(empty_engine: Engine) -> None:
+    """The check above can fail: a schema that drifted from the models shows up."""
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as connection:
+        connection.execute(text("DROP INDEX ix_messages_created_at_sender_id"))
+        connection.execute(text("ALTER TABLE users ADD COLUMN nickname text"))
+    with empty_engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    kinds = {entry[0] for entry in diff if isinstance(entry, tuple)}
+    assert "add_index" in kinds
+    assert "remove_column" in kinds
+
+
+# --- a migration that fails halfway ---------------------------------------------------
+
+BROKEN_REVISION = '''"""a migration that fails halfway
+
+Revision ID: 9999_broken
+Revises: {down}
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999_broken"
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("half_done", sa.Column("id", sa.BigInteger(), primary_key=True))
+    op.add_column("users", sa.Column("half_done_flag", sa.Boolean()))
+    op.execute("SELECT * FROM no_such_table_at_all")
+
+
+def downgrade() -> None:
+    op.drop_column("users", "half_done_flag")
+    op.drop_table("half_done")
+'''
+
+
+@pytest.fixture
+def broken_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """chatdb's migrations plus a broken newest one, used by chatdb.migrate.
+    Returns the revision the broken one follows (the real head)."""
+    real_head = migrate.head_revision()
+    location = tmp_path / "migrations"
+    shutil.copytree(
+        str(files("chatdb") / "migrations"),
+        location,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (location / "versions" / "9999_broken.py").write_text(
+        BROKEN_REVISION.format(down=real_head), encoding="utf-8"
+    )
+
+    def broken_config(stdout: object = None) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(location))
+        return config
+
+    monkeypatch.setattr(migrate, "alembic_config", broken_config)
+    assert migrate.head_revision() == "9999_broken"
+    return real_head
+
+
+def test_failed_migration_leaves_the_schema_as_it_was(
+    empty_engine: Engine, broken_migrations: str
+) -> None:
+    migrate.upgrade(empty_engine, broken_migrations)
+    assert _revision(empty_engine) == broken_migrations
+
+    with pytest.raises(ProgrammingError, match="no_such_table_at_all"):
+        migrate.upgrade(empty_engine)
+
+    assert _revision(empty_engine) == broken_migrations
+    assert _tables(empty_engine) == MODEL_TABLES | {"alembic_version"}
+    with empty_engine.connect() as connection:
+        columns = {c["name"] for c in inspect(connection).get_columns("users")}
+    assert "half_done_flag" not in columns
+
+
+def test_failed_upgrade_from_empty_leaves_the_database_empty(
+    empty_engine: Engine, broken_migrations: str
+) -> None:
+    """The whole upgrade is one transaction: the earlier, good migrations of the
+    same run are rolled back too."""
+    with pytest.raises(ProgrammingError, match="no_such_table_at_all"):
+        migrate.upgrade(empty_engine)
+    assert _tables(empty_engine) == set()
+    assert _revision(empty_engine) is None
+
+
+# --- ensure_current -------------------------------------------------------------------
+
+
+def test_ensure_current_refuses_an_empty_database(empty_engine: Engine) -> None:
+    with pytest.raises(SchemaOutdated, match="empty database"):
+        migrate.ensure_current(empty_engine, auto_upgrade=False)
+    assert _tables(empty_engine) == set()
+
+
+def test_ensure_current_refuses_a_database_behind(empty_engine: Engine) -> None:
+    first = migrate.history()[-1].revision
+    migrate.upgrade(empty_engine, first)
+    with pytest.raises(SchemaOutdated, match=f"migration {first}"):
+        migrate.ensure_current(empty_engine, auto_upgrade=False)
+    assert _revision(empty_engine) == first
+
+
+def test_ensure_current_passes_on_a_migrated_database(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    migrate.ensure_current(empty_engine, auto_upgrade=False)
+    assert _revision(empty_engine) == migrate.head_revision()
+
+
+def test_ensure_current_refuses_an_unknown_newer_revision(empty_engine: Engine) -> None:
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
+    for auto_upgrade in (False, True):
+        with pytest.raises(SchemaOutdated, match="newer version"):
+            migrate.ensure_current(empty_engine, auto_upgrade=auto_upgrade)
+
+
+def test_ensure_current_auto_upgrade_migrates_an_empty_database(empty_engine: Engine) -> None:
+    migrate.ensure_current(empty_engine, auto_upgrade=True)
+    assert _revision(empty_engine) == migrate.head_revision()
+    assert _tables(empty_engine) == MODEL_TABLES | {"alembic_version"}
+    migrate.ensure_current(empty_engine, auto_upgrade=False)
