@@ -11,10 +11,12 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -25,14 +27,18 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from chatdb import migrate, store
+from chatdb import devcluster, migrate, store
 from chatdb.config import get_settings
 from chatdb.db import (
+    EMBEDDED_DATABASE,
     check_connection,
     database_url,
     describe_target,
+    ensure_database,
     explain_connection_error,
     get_engine,
+    make_engine,
+    normalize_url,
     stop_embedded_server,
     transaction,
 )
@@ -61,12 +67,14 @@ message_app = typer.Typer(
     help="Send, page, edit, delete and restore messages.", no_args_is_help=True
 )
 query_app = typer.Typer(help="The module project's four queries.", no_args_is_help=True)
+dev_app = typer.Typer(help="Development helpers.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(conversation_app, name="conversation")
 app.add_typer(member_app, name="member")
 app.add_typer(message_app, name="message")
 app.add_typer(query_app, name="query")
+app.add_typer(dev_app, name="dev")
 
 console = Console()
 errors = Console(stderr=True)
@@ -203,6 +211,39 @@ def db_history(as_json: JsonFlag = False) -> None:
         ["revision", "down", "message", "head"],
         [(r.revision, r.down_revision, r.message, "yes" if r.is_head else "") for r in revisions],
     )
+
+
+@dev_app.command("cluster")
+def dev_cluster(
+    replicas: Annotated[int, typer.Option(min=0, max=8, help="Streaming replicas.")] = 1,
+    port: Annotated[
+        int, typer.Option(min=1024, max=65000, help="The primary's port; replicas take the next.")
+    ] = 55432,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the servers keep their data (kept on exit).")
+    ] = Path(".chatdb/cluster"),
+) -> None:
+    """Run a primary and streaming replicas on loopback until Ctrl+C, with
+    chatdb's schema applied on the primary (pg_basebackup, physical replication)."""
+    ports = [port + offset for offset in range(replicas + 1)]
+    cluster = devcluster.start_cluster(directory.resolve(), ports)
+    try:
+        admin_url = normalize_url(cluster.primary.url())
+        ensure_database(admin_url, EMBEDDED_DATABASE)
+        engine = make_engine(admin_url.set(database=EMBEDDED_DATABASE))
+        migrate.upgrade(engine)
+        engine.dispose()
+        cluster.wait_replayed()
+        replica_urls = ",".join(node.url(EMBEDDED_DATABASE) for node in cluster.replicas)
+        console.print(f"CHATDB_DATABASE_URL={cluster.primary.url(EMBEDDED_DATABASE)}")
+        console.print(f"CHATDB_REPLICA_URLS={replica_urls}", soft_wrap=True)
+        errors.print("running; Ctrl+C stops the servers (their data stays)", highlight=False)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
 
 
 @db_app.command("stop")

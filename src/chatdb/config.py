@@ -2,9 +2,10 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Usable only with the embedded server (a developer's machine); chatdb refuses to
 # serve a configured database with it.
@@ -20,6 +21,13 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         default=Path(".chatdb"), description="Where the embedded server keeps its data."
+    )
+    replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Streaming replicas for reads that may lag, comma-separated URLs.",
+    )
+    replica_retry_seconds: float = Field(
+        default=5.0, gt=0, description="How long an unreachable replica is left out."
     )
     pool_size: int = Field(default=10, ge=1, le=1000)
     pool_max_overflow: int = Field(default=5, ge=0, le=1000)
@@ -45,6 +53,13 @@ class Settings(BaseSettings):
     demo: bool = Field(
         default=False, description="Serving demo data: the sign-in page lists the demo users."
     )
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
 
     @property
     def admin_key_is_default(self) -> bool:

@@ -23,12 +23,19 @@ from chatdb.api.routes import change_out, router
 from chatdb.api.web_routes import WebFiles
 from chatdb.api.web_routes import router as web_router
 from chatdb.config import Settings
+from chatdb.db import make_engine, normalize_url
+from chatdb.replicas import ReadRouter
 from chatdb.store.changes import Change
 
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
     """The app, serving the database behind `engine`."""
     hub = ChangeHub(engine, settings)
+    read_router = ReadRouter(
+        engine,
+        [make_engine(normalize_url(url), settings) for url in settings.replica_urls],
+        settings.replica_retry_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,6 +44,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
             yield
         finally:
             await hub.stop()
+            read_router.dispose()
 
     app = FastAPI(
         title="chatdb",
@@ -48,6 +56,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.cursors = CursorCodec(settings.admin_key)
     app.state.hub = hub
+    app.state.read_router = read_router
     errors.install(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.include_router(router)

@@ -15,18 +15,40 @@ from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
 from chatdb.config import Settings
 from chatdb.db import session_factory
+from chatdb.replicas import ReadRouter
 from chatdb.security import same_secret
+
+# Whom read-your-writes is kept for: a user's id, or this key for the operator.
+_OPERATOR = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Database:
     engine: Engine
+    router: ReadRouter
+    request: Request
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """The request's unit of work: commit on success, roll back on error."""
-        with session_factory(self.engine).begin() as session:
+        """The request's unit of work, on the primary: commit on success, roll
+        back on error."""
+        with session_factory(self.engine)() as session:
+            with session.begin():
+                yield session
+            writer = self._caller()
+            if writer is not None and self.router.enabled and self.request.method != "GET":
+                self.router.remember_write(session, writer)
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[Session]:
+        """For reads that may lag: a replica that has seen the caller's own
+        writes, or the primary. Without replicas, the same as transaction()."""
+        with self.router.read_transaction(self._caller()) as session:
             yield session
+
+    def _caller(self) -> int | None:
+        caller: int | None = getattr(self.request.state, "caller_key", None)
+        return caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +75,7 @@ class Principal:
 
 
 def get_database(request: Request) -> Database:
-    return Database(request.app.state.engine)
+    return Database(request.app.state.engine, request.app.state.read_router, request)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -74,6 +96,7 @@ _UNAUTHENTICATED = {"WWW-Authenticate": "Bearer"}
 
 
 def get_principal(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     database: Annotated[Database, Depends(get_database)],
     settings: Annotated[Settings, Depends(get_settings_dep)],
@@ -87,6 +110,7 @@ def get_principal(
         )
     token = credentials.credentials
     if same_secret(token, settings.admin_key):
+        request.state.caller_key = _OPERATOR
         return Principal(user_id=None, is_admin=True, token=token)
     if len(token) > 512:
         raise ApiError(401, "unauthenticated", "the token is not valid", _UNAUTHENTICATED)
@@ -96,6 +120,7 @@ def get_principal(
         raise ApiError(
             401, "unauthenticated", "the token is expired, revoked or unknown", _UNAUTHENTICATED
         )
+    request.state.caller_key = user_id
     return Principal(user_id=user_id, is_admin=False, token=token)
 
 

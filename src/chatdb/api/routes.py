@@ -240,7 +240,7 @@ def inbox(
     """The caller's inbox: newest activity first, last message, unread count."""
     user_id = caller.require_user()
     before = cursors.parse_inbox(cursor)
-    with db.transaction() as session:
+    with db.read_transaction() as session:
         page = store.inbox(session=session, user_id=user_id, before=before, limit=limit)
     return schemas.InboxPageOut(
         entries=[
@@ -391,7 +391,7 @@ def list_messages(
     limit: Limit = 50,
 ) -> schemas.MessagePageOut:
     """A page of messages in seq order: the newest by default, or `before`/`after` a seq."""
-    with db.transaction() as session:
+    with db.read_transaction() as session:
         page = store.list_messages(
             session=session,
             conversation_id=conversation_id,
@@ -466,7 +466,7 @@ def send_message(
 def get_message(
     conversation_id: ConversationId, seq: MessageSeq, caller: Caller, db: Db
 ) -> schemas.MessageOut:
-    with db.transaction() as session:
+    with db.read_transaction() as session:
         return message_out(
             store.get_message(
                 session=session,
@@ -564,7 +564,7 @@ def list_changes(
     limit: Limit = 100,
 ) -> schemas.ChangePageOut:
     """Catch up over plain HTTP: the conversation's changes after change_seq `since`."""
-    with db.transaction() as session:
+    with db.read_transaction() as session:
         page = store.changes_since(
             session=session,
             conversation_id=conversation_id,
@@ -593,7 +593,7 @@ def activity_report(
     caller.require_admin()
     last = end or datetime.now(UTC).date()
     first = start or last - timedelta(days=29)
-    with db.transaction() as session:
+    with db.read_transaction() as session:
         rows = store.activity(session=session, start=first, end=last, tz=tz, user_id=user_id)
     return [schemas.ActivityRowOut.model_validate(r, from_attributes=True) for r in rows]
 
@@ -610,7 +610,7 @@ def inactive_report(
     """Users with no message in `days` days, never-senders included (admin key)."""
     caller.require_admin()
     after_id = int(cursors.decode("inactive", cursor)) if cursor is not None else 0
-    with db.transaction() as session:
+    with db.read_transaction() as session:
         page = store.inactive_users(session=session, days=days, after_id=after_id, limit=limit)
     return schemas.InactivePageOut(
         users=[schemas.InactiveUserOut.model_validate(u, from_attributes=True) for u in page.users],
