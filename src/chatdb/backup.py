@@ -102,11 +102,13 @@ def _libpq(url: URL) -> tuple[str, dict[str, str]]:
     return dbname, env
 
 
-def _run(tool: Tool, args: list[str], url: URL) -> None:
-    dbname, env = _libpq(url)
+def _run(tool: Tool, args: list[str], url: URL | None) -> None:
+    """Run a tool on the database at `url` (None: on no database)."""
+    dbname, env = _libpq(url) if url is not None else ("", dict(os.environ))
+    connect = [f"--dbname={dbname}"] if url is not None else []
     try:
         result = subprocess.run(  # noqa: S603 - fixed binaries and arguments, no shell
-            [str(tool.path), f"--dbname={dbname}", *args],
+            [str(tool.path), *connect, *args],
             env=env,
             capture_output=True,
             text=True,
@@ -170,7 +172,7 @@ def restore(engine: Engine, url: URL, file: Path, *, embedded: bool) -> Tool:
     tool = find_tool("pg_restore", server_major(engine), embedded=embedded)
     try:
         # Reads the whole table of contents: a truncated or damaged file stops here.
-        _run(tool, ["--list", "--file=/dev/null", str(file)], url)
+        _run(tool, ["--list", "--file=/dev/null", str(file)], None)
     except ChatdbError as exc:
         raise Invalid(f"{file} is not a readable backup: {exc}") from exc
     _run(
