@@ -11,7 +11,8 @@ one database to keep the matrix fast.
 
 What the path parameters point at:
 - {conversation_id}: the case's group; {seq}: the owner's message in it
-  (deleted first for .../restore);
+  (deleted first for .../restore, and the conversation deleted first for
+  the conversation's restore);
 - /v1/users/{user_id}: the owner's account (so the owner acts on themself),
   except DELETE, which targets a new user made for the case;
 - .../members/{user_id}: the plain member (so for the member, DELETE is leaving).
@@ -56,6 +57,8 @@ MATRIX: dict[str, dict[str, int]] = {
     f"GET {C}": {ANON: 401, OUTSIDER: 404, MEMBER: 200, OWNER: 200, ADMIN: 200},
     f"PATCH {C}": {ANON: 401, OUTSIDER: 404, MEMBER: 403, OWNER: 200, ADMIN: 200},
     f"DELETE {C}": {ANON: 401, OUTSIDER: 404, MEMBER: 403, OWNER: 204, ADMIN: 204},
+    # restoring a deleted conversation: its owners (a non-member still learns nothing)
+    f"POST {C}/restore": {ANON: 401, OUTSIDER: 404, MEMBER: 403, OWNER: 200, ADMIN: 200},
     f"GET {C}/changes": {ANON: 401, OUTSIDER: 404, MEMBER: 200, OWNER: 200, ADMIN: 200},
     # members: owners manage them; leaving is deleting yourself
     f"GET {C}/members": {ANON: 401, OUTSIDER: 404, MEMBER: 200, OWNER: 200, ADMIN: 200},
@@ -173,7 +176,10 @@ def prepare(world: World, route: str) -> Request:
     if template.startswith(C):
         if "/members/" in template:
             user_id = member.id
-        if route.endswith("/restore"):
+        if route == f"POST {C}/restore":
+            deleted = api.client.delete(f"/v1/conversations/{conversation}", headers=owner.auth)
+            assert deleted.status_code == 204, deleted.text
+        elif route.endswith("/restore"):
             deleted = api.client.delete(
                 f"/v1/conversations/{conversation}/messages/{seq}", headers=owner.auth
             )

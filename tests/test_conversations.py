@@ -231,7 +231,9 @@ def test_non_member_cannot_see_a_conversation(session: Session) -> None:
         store.list_members(session=session, conversation_id=group.id, actor_id=mallory.id)
 
 
-def test_delete_conversation_cascades(session: Session) -> None:
+def test_purging_a_deleted_conversation_cascades(session: Session) -> None:
+    """Delete hides; purge, after the retention window, removes the rows with
+    their members and messages (tests/test_retention.py has the rest)."""
     alice, bob = make_user(session), make_user(session)
     group = make_group(session, alice, bob)
     other = make_group(session, alice, bob)
@@ -245,6 +247,16 @@ def test_delete_conversation_cascades(session: Session) -> None:
 
     with refused(session, NotFound):
         store.get_conversation(session=session, conversation_id=group.id)
+    assert _count(session, models.Message, models.Message.conversation_id == group.id) == 3
+    # As if the retention window had passed.
+    session.execute(
+        update(models.Conversation)
+        .where(models.Conversation.id == group.id)
+        .values(deleted_at=func.now() - timedelta(days=31))
+    )
+    purged = store.purge_conversations_batch(session=session, retention_days=30, limit=1000)
+    assert group.id in purged
+    assert other.id not in purged
     assert _count(session, models.Message, models.Message.conversation_id == group.id) == 0
     assert (
         _count(

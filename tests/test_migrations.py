@@ -3,7 +3,11 @@ a migration that fails halfway changes nothing; ensure_current guards the schema
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from importlib.resources import files
@@ -22,6 +26,9 @@ from chatdb.db import make_engine
 from chatdb.errors import SchemaOutdated
 from chatdb.models import Base
 from tests.conftest import TEST_SETTINGS, create_database, drop_database
+
+# chatdb.migrations.env cannot be imported outside a migration run; its lock id:
+MIGRATION_LOCK_ID = 0x63686174
 
 MODEL_TABLES = set(Base.metadata.tables)
 
@@ -229,3 +236,55 @@ def test_ensure_current_auto_upgrade_migrates_an_empty_database(empty_engine: En
     assert _revision(empty_engine) == migrate.head_revision()
     assert _tables(empty_engine) == MODEL_TABLES | {"alembic_version"}
     migrate.ensure_current(empty_engine, auto_upgrade=False)
+
+
+# --- two upgrades at once ----------------------------------------------------------------
+
+
+def test_a_second_upgrade_waits_for_the_first(empty_engine: Engine) -> None:
+    """While one upgrade holds the migration lock, `chatdb db upgrade` in other
+    processes waits (nobody runs the same migrations in parallel); when the
+    first ends, they find nothing left to do."""
+    url = empty_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATDB_")}
+    env["CHATDB_DATABASE_URL"] = url
+    holder = empty_engine.connect()
+    holder.begin()
+    # What a running upgrade holds (chatdb.migrations.env), taken here by hand.
+    holder.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+    upgrades = [
+        subprocess.Popen(
+            [sys.executable, "-m", "chatdb", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        waiting = 0
+        with empty_engine.connect() as observer:
+            for _ in range(600):  # a bound on the wait, not a speed claim
+                waiting = observer.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                        "WHERE l.locktype = 'advisory' AND NOT l.granted "
+                        "AND d.datname = current_database()"
+                    )
+                ).scalar_one()
+                observer.rollback()
+                if waiting == 2 or any(u.poll() is not None for u in upgrades):
+                    break
+                time.sleep(0.1)
+        assert waiting == 2
+        assert all(u.poll() is None for u in upgrades)
+        assert _tables(empty_engine) == set()
+    finally:
+        holder.rollback()
+        holder.close()
+        outputs = [u.communicate(timeout=120) for u in upgrades]
+    for upgrade, (_, stderr) in zip(upgrades, outputs, strict=True):
+        assert upgrade.returncode == 0, stderr
+    assert _revision(empty_engine) == migrate.head_revision()
+    assert _tables(empty_engine) == MODEL_TABLES | {"alembic_version"}

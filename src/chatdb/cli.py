@@ -408,10 +408,58 @@ def conversation_rename(
 
 @conversation_app.command("delete")
 def conversation_delete(conversation_id: ConversationId) -> None:
-    """Delete a conversation with its members and messages."""
+    """Delete a conversation; `chatdb conversation restore` brings it back within
+    the retention window, `chatdb purge` removes it for good after."""
     with unit_of_work() as session:
         store.delete_conversation(session=session, conversation_id=conversation_id)
-    console.print("deleted")
+    days = get_settings().retention_days
+    console.print(
+        f"deleted; restorable for {days} days (chatdb conversation restore {conversation_id})",
+        highlight=False,
+    )
+
+
+@conversation_app.command("restore")
+def conversation_restore(conversation_id: ConversationId, as_json: JsonFlag = False) -> None:
+    """Bring back a deleted conversation with its members and messages."""
+    with unit_of_work() as session:
+        conversation = store.restore_conversation(
+            session=session,
+            conversation_id=conversation_id,
+            retention_days=get_settings().retention_days,
+        )
+    render(
+        conversation,
+        as_json,
+        "Conversation restored",
+        _CONVERSATION_COLUMNS,
+        [_conversation_row(conversation)],
+    )
+
+
+@conversation_app.command("deleted")
+def conversation_deleted(
+    after: Annotated[
+        int, typer.Option(help="Show conversations with an id above this.", min=0)
+    ] = 0,
+    limit: LimitOpt = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List deleted conversations, and until when each can be restored."""
+    with unit_of_work() as session:
+        found = store.deleted_conversations(
+            session=session,
+            retention_days=get_settings().retention_days,
+            after_id=after,
+            limit=limit,
+        )
+    render(
+        found,
+        as_json,
+        "Deleted conversations",
+        ["id", "kind", "title", "messages", "deleted", "restorable until"],
+        [(c.id, c.kind, c.title, c.messages, c.deleted_at, c.purge_after) for c in found],
+    )
 
 
 # --- members ---
@@ -595,6 +643,7 @@ def message_restore(conversation_id: ConversationId, seq: int, as_json: JsonFlag
         as_json,
         conversation_id=conversation_id,
         seq=seq,
+        retention_days=get_settings().retention_days,
     )
 
 
@@ -935,6 +984,118 @@ def demo() -> None:
     )
 
 
+# --- mistakes: purge, backup, restore ---
+
+
+@app.command("purge")
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be removed.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="Conversations per transaction (messages: 50x).", min=1, max=1000)
+    ] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove for good what was deleted more than CHATDB_RETENTION_DAYS ago:
+    conversations (with members and messages) and deleted messages' text.
+
+    Works in short transactions of one batch each, so it never holds up writers;
+    safe to stop and run again, and to run from cron.
+    """
+    days = get_settings().retention_days
+    engine = engine_ready()
+    if dry_run:
+        with transaction(engine) as session:
+            due = store.purge_due(session=session, retention_days=days)
+        render(
+            due,
+            as_json,
+            f"Would purge (deleted more than {days} days ago)",
+            ["conversations", "their messages", "deleted messages' text", "sign-in counters"],
+            [
+                (
+                    due.conversations,
+                    due.conversation_messages,
+                    due.message_texts,
+                    due.sign_in_counters,
+                )
+            ],
+        )
+        return
+    conversations = messages = 0
+    while True:
+        with transaction(engine) as session:
+            batch = store.purge_conversations_batch(
+                session=session, retention_days=days, limit=batch_size
+            )
+        conversations += len(batch)
+        if not batch:
+            break
+    while True:
+        with transaction(engine) as session:
+            erased = store.erase_deleted_messages_batch(
+                session=session, retention_days=days, limit=batch_size * 50
+            )
+        messages += erased
+        if not erased:
+            break
+    with transaction(engine) as session:
+        counters = store.forget_sign_in_failures(session=session)
+    result = {
+        "conversations": conversations,
+        "message_texts": messages,
+        "sign_in_counters": counters,
+    }
+    render(
+        result,
+        as_json,
+        f"Purged (deleted more than {days} days ago)",
+        ["conversations", "deleted messages' text", "sign-in counters"],
+        [(conversations, messages, counters)],
+    )
+
+
+FileArg = Annotated[Path, typer.Argument(help="The backup file.", dir_okay=True)]
+
+
+@app.command("backup")
+def backup_command(
+    file: FileArg,
+    force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False,
+) -> None:
+    """Write the whole database to FILE (pg_dump, custom format)."""
+    from chatdb import backup
+
+    engine = engine_ready()
+    tool = backup.backup(
+        engine, database_url(), file, embedded=get_settings().embedded, overwrite=force
+    )
+    size = file.expanduser().stat().st_size
+    console.print(f"backed up to {file} ({size:,} bytes, {tool.path})", highlight=False)
+
+
+@app.command("restore")
+def restore_command(
+    file: FileArg,
+    yes: Annotated[bool, typer.Option("--yes", help="Replace a database that holds data.")] = False,
+) -> None:
+    """Replace the database's contents with FILE's (pg_restore, one transaction:
+    on any error the database stays as it was). Stop `chatdb serve` first."""
+    from chatdb import backup
+
+    backup.check_archive(file)
+    engine = engine_ready(need_schema=False)
+    if not yes:
+        with transaction(engine) as session:
+            held = store.database_holds_data(session=session)
+        if held:
+            fail(f"the database holds {held}; restoring replaces it: pass --yes", 2)
+    tool = backup.restore(engine, database_url(), file, embedded=get_settings().embedded)
+    engine.dispose()
+    console.print(f"restored from {file} ({tool.path})", highlight=False)
+
+
 # --- the HTTP API ---
 
 
@@ -981,6 +1142,8 @@ def serve(
         log_level="info",
         # Event streams never end by themselves; do not wait for them forever.
         timeout_graceful_shutdown=5,
+        # No "server: uvicorn" header: what runs here is nobody else's business.
+        server_header=False,
     )
 
 

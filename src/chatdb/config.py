@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         default=30_000, ge=0, description="Per-statement limit; 0 disables it."
     )
     echo_sql: bool = False
+    retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=36500,
+        description="Deleted conversations (and deleted messages' text) can be restored "
+        "for this many days; `chatdb purge` removes them after.",
+    )
 
     # The HTTP API
     admin_key: str = Field(
@@ -44,6 +51,10 @@ class Settings(BaseSettings):
         description="Bearer key for operator routes. Must be changed outside embedded mode.",
     )
     token_lifetime_hours: float = Field(default=24 * 7, gt=0, le=24 * 366)
+    # Sign-in throttling (see chatdb.store.accounts.SignInLimits).
+    sign_in_account_failures: int = Field(default=5, ge=1, le=1000)
+    sign_in_address_failures: int = Field(default=20, ge=1, le=100_000)
+    sign_in_first_block_seconds: float = Field(default=1.0, gt=0, le=3600)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
     sse_poll_seconds: float = Field(

@@ -31,3 +31,11 @@ class DatabaseUnavailable(ChatdbError):
 
 class SchemaOutdated(ChatdbError):
     """The database schema is behind (or ahead of) this version of chatdb."""
+
+
+class TooManyAttempts(ChatdbError):
+    """Too many failed sign-ins for an account or from an address; retry later."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

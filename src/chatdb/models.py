@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     Text,
@@ -100,6 +101,9 @@ class Conversation(Base):
     # When the conversation last had a message (or was created): the inbox's order.
     last_activity_at: Mapped[datetime] = _now()
     created_at: Mapped[datetime] = _now()
+    # Soft delete: set by a delete, cleared by a restore within the retention
+    # window; `chatdb purge` removes the row (with members and messages) after it.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint("kind IN ('direct', 'group')", name="kind"),
@@ -116,11 +120,19 @@ class Conversation(Base):
             "direct_user_low_id",
             "direct_user_high_id",
             unique=True,
-            postgresql_where=text("kind = 'direct'"),
+            # A deleted direct conversation does not count: the pair may start
+            # afresh, and restoring the old one then is refused as a conflict.
+            postgresql_where=text("kind = 'direct' AND deleted_at IS NULL"),
         ),
         # The foreign keys above need an index each so deleting a user does not
         # scan conversations; the unique index covers the low side.
         Index("ix_conversations_direct_user_high_id", "direct_user_high_id"),
+        # What purge looks for; only deleted conversations are in it, so it stays small.
+        Index(
+            "ix_conversations_deleted_at",
+            "deleted_at",
+            postgresql_where=text("deleted_at IS NOT NULL"),
+        ),
     )
 
 
@@ -168,8 +180,11 @@ class Message(Base):
 
     __table_args__ = (
         CheckConstraint("seq > 0", name="seq_positive"),
+        # A deleted message's text may be erased ('') by purge after the
+        # retention window; the row stays as a tombstone so seqs stay gapless.
         CheckConstraint(
-            f"char_length(body) <= {BODY_MAX} AND btrim(body, E' \\t\\r\\n') <> ''",
+            f"char_length(body) <= {BODY_MAX} "
+            "AND (btrim(body, E' \\t\\r\\n') <> '' OR deleted_at IS NOT NULL)",
             name="body_length",
         ),
         CheckConstraint(
@@ -190,6 +205,12 @@ class Message(Base):
         Index("ix_messages_sender_id_created_at", "sender_id", "created_at"),
         # Activity report over a date range: an index-only range scan.
         Index("ix_messages_created_at_sender_id", "created_at", "sender_id"),
+        # Deleted messages whose text purge has yet to erase: few, so a small index.
+        Index(
+            "ix_messages_deleted_at",
+            "deleted_at",
+            postgresql_where=text("deleted_at IS NOT NULL AND body <> ''"),
+        ),
     )
 
 
@@ -204,6 +225,7 @@ CHANGE_KINDS = (
     "read",
     "conversation.renamed",
     "conversation.deleted",
+    "conversation.restored",
 )
 
 
@@ -259,4 +281,33 @@ class AuthToken(Base):
         CheckConstraint("octet_length(token_hash) = 32", name="token_hash_length"),
         Index("uq_auth_tokens_token_hash", "token_hash", unique=True),
         Index("ix_auth_tokens_user_id", "user_id"),
+    )
+
+
+SIGN_IN_SCOPES = ("account", "address")
+
+
+class SignInFailure(Base):
+    """Failed sign-ins per account and per client address, for throttling.
+
+    In PostgreSQL rather than in memory so every worker process and every
+    server behind a load balancer sees the same counts. The key is a SHA-256 of
+    the scope and the lowercased username (or the address): unknown usernames
+    are counted exactly like known ones, and no text a client chose is stored.
+    """
+
+    __tablename__ = "sign_in_failures"
+
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    scope: Mapped[str] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(Integer)
+    first_failure_at: Mapped[datetime] = _now()
+    last_failure_at: Mapped[datetime] = _now()
+    # Sign-ins for this key are refused (429) until then.
+    blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("octet_length(key_hash) = 32", name="key_hash_length"),
+        CheckConstraint("scope IN ('account', 'address')", name="scope"),
+        CheckConstraint("failures > 0", name="failures_positive"),
     )

@@ -19,6 +19,7 @@ from chatdb.errors import (
     Invalid,
     NotFound,
     SchemaOutdated,
+    TooManyAttempts,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -30,6 +31,7 @@ _STATUS_CODES: dict[type[ChatdbError], tuple[int, str]] = {
     Invalid: (422, "invalid"),
     DatabaseUnavailable: (503, "database_unavailable"),
     SchemaOutdated: (503, "schema_outdated"),
+    TooManyAttempts: (429, "too_many_attempts"),
 }
 
 _TITLES = {
@@ -42,6 +44,7 @@ _TITLES = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    500: "Internal Server Error",
     429: "Too Many Requests",
     503: "Service Unavailable",
 }
@@ -112,6 +115,8 @@ def install(app: FastAPI) -> None:
             (v for k, v in _STATUS_CODES.items() if isinstance(exc, k)), (500, "error")
         )
         headers = {"Retry-After": "5"} if status == 503 else None
+        if isinstance(exc, TooManyAttempts):
+            headers = {"Retry-After": str(exc.retry_after)}
         return problem(status, code, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
@@ -164,3 +169,9 @@ def install(app: FastAPI) -> None:
                 {"Retry-After": "1"},
             )
         raise exc
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        # Anything unforeseen: a plain problem, no exception text or stack
+        # trace (uvicorn logs those on the server side).
+        return problem(500, "internal", "an internal error; it has been logged")

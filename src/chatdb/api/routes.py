@@ -4,7 +4,7 @@ calls the store and renders; no SQL here."""
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from chatdb import store
 from chatdb.api import schemas
@@ -104,15 +104,38 @@ def change_out(c: store.changes.Change) -> schemas.ChangeOut:
 # --- sessions ---
 
 
-@router.post("/sessions", status_code=201, responses=_ERRORS, tags=["sessions"])
-def sign_in(body: schemas.SessionCreate, db: Db, settings: AppSettings) -> schemas.SessionOut:
-    """Sign in with a username and password; returns a bearer token."""
+@router.post(
+    "/sessions",
+    status_code=201,
+    responses={
+        **_ERRORS,
+        429: {
+            "model": schemas.Problem,
+            "description": "Too many failed sign-ins for this account or from this address",
+            "headers": {"Retry-After": {"description": "Seconds", "schema": {"type": "integer"}}},
+        },
+    },
+    tags=["sessions"],
+)
+def sign_in(
+    body: schemas.SessionCreate, request: Request, db: Db, settings: AppSettings
+) -> schemas.SessionOut:
+    """Sign in with a username and password; returns a bearer token. Repeated
+    failures for an account or from an address are answered 429 for a while."""
+    limits = store.SignInLimits(
+        account_failures=settings.sign_in_account_failures,
+        address_failures=settings.sign_in_address_failures,
+        first_block=timedelta(seconds=settings.sign_in_first_block_seconds),
+    )
+    # The failure counted by a refused sign-in is committed with this transaction.
     with db.transaction() as session:
         result = store.sign_in(
             session=session,
             username=body.username,
             password=body.password,
             lifetime=timedelta(hours=settings.token_lifetime_hours),
+            address=request.client.host if request.client else None,
+            limits=limits,
         )
     if result is None:
         raise ApiError(401, "bad_credentials", "wrong username or password")
@@ -282,12 +305,30 @@ def rename_conversation(
     "/conversations/{conversation_id}", status_code=204, responses=_ERRORS, tags=["conversations"]
 )
 def delete_conversation(conversation_id: ConversationId, caller: Caller, db: Db) -> Response:
-    """Delete a conversation with its messages (owners)."""
+    """Delete a conversation (owners). It disappears for its members at once and
+    can be restored within the retention window (CHATDB_RETENTION_DAYS)."""
     with db.transaction() as session:
         store.delete_conversation(
             session=session, conversation_id=conversation_id, actor_id=caller.actor_id
         )
     return Response(status_code=204)
+
+
+@router.post("/conversations/{conversation_id}/restore", responses=_ERRORS, tags=["conversations"])
+def restore_conversation(
+    conversation_id: ConversationId, caller: Caller, db: Db, settings: AppSettings
+) -> schemas.ConversationOut:
+    """Bring back a deleted conversation with its members and messages (owners),
+    within the retention window; 409 after it."""
+    with db.transaction() as session:
+        return conversation_out(
+            store.restore_conversation(
+                session=session,
+                conversation_id=conversation_id,
+                retention_days=settings.retention_days,
+                actor_id=caller.actor_id,
+            )
+        )
 
 
 # --- members ---
@@ -525,9 +566,10 @@ def delete_message(
     tags=["messages"],
 )
 def restore_message(
-    conversation_id: ConversationId, seq: MessageSeq, caller: Caller, db: Db
+    conversation_id: ConversationId, seq: MessageSeq, caller: Caller, db: Db, settings: AppSettings
 ) -> schemas.MessageOut:
-    """Bring back a deleted message (its author or an owner)."""
+    """Bring back a deleted message (its author or an owner), within the
+    retention window; 409 after it."""
     with db.transaction() as session:
         return message_out(
             store.restore_message(
@@ -535,6 +577,7 @@ def restore_message(
                 conversation_id=conversation_id,
                 seq=seq,
                 actor_id=caller.actor_id,
+                retention_days=settings.retention_days,
             )
         )
 

@@ -5,6 +5,7 @@ the caller owns the transaction. Errors come out as chatdb.errors classes.
 """
 
 from chatdb.store.accounts import (
+    SignInLimits,
     revoke_all_tokens,
     revoke_token,
     set_password,
@@ -23,6 +24,7 @@ from chatdb.store.conversations import (
     add_member,
     create_group,
     delete_conversation,
+    deleted_conversations,
     get_conversation,
     get_member,
     get_or_create_direct,
@@ -30,6 +32,7 @@ from chatdb.store.conversations import (
     member_role,
     remove_member,
     rename_conversation,
+    restore_conversation,
     set_member_role,
 )
 from chatdb.store.messages import (
@@ -46,12 +49,20 @@ from chatdb.store.messages import (
 from chatdb.store.reports import (
     activity,
     activity_statement,
+    database_holds_data,
     explain,
     inactive_statement,
     inactive_users,
     inbox,
     inbox_statement,
     overview,
+)
+from chatdb.store.retention import (
+    PurgeDue,
+    erase_deleted_messages_batch,
+    forget_sign_in_failures,
+    purge_conversations_batch,
+    purge_due,
 )
 from chatdb.store.users import (
     create_user,
@@ -63,6 +74,8 @@ from chatdb.store.users import (
 )
 
 __all__ = [
+    "PurgeDue",
+    "SignInLimits",
     "activity",
     "activity_statement",
     "add_member",
@@ -71,11 +84,15 @@ __all__ = [
     "changes_since",
     "create_group",
     "create_user",
+    "database_holds_data",
     "delete_conversation",
     "delete_message",
     "delete_user",
+    "deleted_conversations",
     "edit_message",
+    "erase_deleted_messages_batch",
     "explain",
+    "forget_sign_in_failures",
     "get_conversation",
     "get_member",
     "get_message",
@@ -95,8 +112,11 @@ __all__ = [
     "memberships",
     "overview",
     "page_statement",
+    "purge_conversations_batch",
+    "purge_due",
     "remove_member",
     "rename_conversation",
+    "restore_conversation",
     "restore_message",
     "revoke_all_tokens",
     "revoke_token",

@@ -20,6 +20,10 @@ CONSTRAINT_MESSAGES: dict[str, tuple[type[Exception], str]] = {
     "ck_conversations_title_length": (Invalid, "a title is 1 to 200 characters"),
     "ck_messages_body_length": (Invalid, "a message is 1 to 4000 characters, not only spaces"),
     "ck_messages_idempotency_key_length": (Invalid, "an idempotency key is 1 to 100 characters"),
+    "uq_conversations_direct_pair": (
+        Conflict,
+        "these two users have started a new direct conversation since this one was deleted",
+    ),
     "pk_conversation_members": (Conflict, "that user is already a member"),
     "fk_conversation_members_user_id_users": (NotFound, "no such user"),
     "fk_conversation_members_conversation_id_conversations": (

@@ -1,16 +1,19 @@
 """Passwords and sign-in tokens. Every function runs in the caller's transaction."""
 
+import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from chatdb import models
-from chatdb.errors import NotFound
+from chatdb.errors import NotFound, TooManyAttempts
 from chatdb.security import hash_password, new_token, token_digest, verify_password
 from chatdb.store._validate import positive_id
 
 T = models.AuthToken
+F = models.SignInFailure
 
 
 def set_password(*, session: Session, user_id: int, password: str) -> None:
@@ -36,11 +39,94 @@ def _storable(text: str) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class SignInLimits:
+    """Sign-in throttling. Each account, and each client address, may fail
+    `*_failures` times within `window`; every failure after that blocks further
+    sign-ins for it (429) for `first_block`, doubling each time up to
+    `longest_block`. An address gets more leeway: many people can share one."""
+
+    account_failures: int = 5
+    address_failures: int = 20
+    window: timedelta = timedelta(minutes=15)
+    first_block: timedelta = timedelta(seconds=1)
+    longest_block: timedelta = timedelta(minutes=15)
+
+
+def _throttle_key(scope: str, subject: str) -> bytes:
+    # A digest, so any username (NUL, lone surrogates, 10 kB) makes a valid key
+    # and no client-chosen text is stored.
+    return hashlib.sha256(f"{scope}\0{subject}".encode("utf-8", "surrogatepass")).digest()
+
+
+_COUNT_FAILURE_SQL = text("""
+INSERT INTO sign_in_failures AS f (key_hash, scope, failures)
+VALUES (:key_hash, :scope, 1)
+ON CONFLICT (key_hash) DO UPDATE SET
+    failures = CASE WHEN f.last_failure_at < now() - make_interval(secs => :window)
+                    THEN 1 ELSE least(f.failures + 1, 1000000) END,
+    first_failure_at = CASE WHEN f.last_failure_at < now() - make_interval(secs => :window)
+                            THEN now() ELSE f.first_failure_at END,
+    last_failure_at = now()
+RETURNING failures
+""")
+
+
+def _blocked_for(session: Session, keys: list[bytes]) -> int | None:
+    """Seconds until sign-ins for these keys are allowed again, if they are blocked."""
+    seconds = session.execute(
+        select(func.ceil(func.extract("epoch", func.max(F.blocked_until) - func.now()))).where(
+            F.key_hash.in_(keys), F.blocked_until > func.now()
+        )
+    ).scalar_one_or_none()
+    return None if seconds is None else max(1, int(seconds))
+
+
+def _count_failure(session: Session, scope: str, key: bytes, limits: SignInLimits) -> None:
+    free = limits.account_failures if scope == "account" else limits.address_failures
+    failures: int = session.execute(
+        _COUNT_FAILURE_SQL,
+        {"key_hash": key, "scope": scope, "window": limits.window.total_seconds()},
+    ).scalar_one()
+    if failures >= free:
+        block = min(
+            limits.longest_block.total_seconds(),
+            limits.first_block.total_seconds() * 2 ** min(failures - free, 30),
+        )
+        session.execute(
+            update(F)
+            .where(F.key_hash == key)
+            .values(blocked_until=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, block))
+        )
+
+
 def sign_in(
-    *, session: Session, username: str, password: str, lifetime: timedelta
+    *,
+    session: Session,
+    username: str,
+    password: str,
+    lifetime: timedelta,
+    address: str | None = None,
+    limits: SignInLimits | None = None,
 ) -> tuple[str, int, datetime] | None:
     """A new token for valid credentials, else None (the caller says why not,
-    without telling whether the username exists)."""
+    without telling whether the username exists).
+
+    Raises TooManyAttempts while the account or the address is blocked; the
+    password is not even checked then. A failure is counted in the caller's
+    transaction, so the caller must commit it also when answering "no".
+    Unknown usernames are counted and hashed exactly like known ones, so
+    neither the answers nor their timing tell which usernames exist.
+    """
+    limits = limits or SignInLimits()
+    keys = [("account", _throttle_key("account", username.lower()))]
+    if address:
+        keys.append(("address", _throttle_key("address", address)))
+    wait = _blocked_for(session, [key for _, key in keys])
+    if wait is not None:
+        raise TooManyAttempts(
+            f"too many failed sign-ins; try again in {wait} seconds", retry_after=wait
+        )
     row = None
     # A username no user can have (NUL, a lone surrogate) cannot even be sent
     # to the database; it is answered like any other unknown username.
@@ -51,7 +137,12 @@ def sign_in(
             )
         ).one_or_none()
     if not verify_password(row.password_hash if row else None, password) or row is None:
+        for scope, key in keys:
+            _count_failure(session, scope, key, limits)
         return None
+    # The account's own counter starts over; the address's does not, or one
+    # good account would let an address guess others' passwords without end.
+    session.execute(delete(F).where(F.key_hash == keys[0][1]))
     token = new_token()
     expires_at = datetime.now(UTC) + lifetime
     session.execute(

@@ -151,9 +151,15 @@ def memberships(
     conversations, users = sorted(set(conversation_ids)), sorted(set(user_ids))
     if not conversations or not users:
         return set()
+    # A deleted conversation has no audience but the members its deletion
+    # changes are addressed to (see ADDRESSED_KINDS in chatdb.api.events).
     rows = session.execute(
-        select(CM.conversation_id, CM.user_id).where(
-            CM.conversation_id.in_(conversations), CM.user_id.in_(users)
+        select(CM.conversation_id, CM.user_id)
+        .join(models.Conversation, models.Conversation.id == CM.conversation_id)
+        .where(
+            CM.conversation_id.in_(conversations),
+            CM.user_id.in_(users),
+            models.Conversation.deleted_at.is_(None),
         )
     )
     return {(r.conversation_id, r.user_id) for r in rows}
@@ -165,7 +171,11 @@ def changes_for_user(
     """Catch-up for a resuming stream: the changes a user may see with ids in
     (after_id, up_to_id], in id order. A user sees the changes of the
     conversations they are a member of, and those addressed to them."""
-    member_of = select(CM.conversation_id).where(CM.user_id == user_id)
+    member_of = (
+        select(CM.conversation_id)
+        .join(models.Conversation, models.Conversation.id == CM.conversation_id)
+        .where(CM.user_id == user_id, models.Conversation.deleted_at.is_(None))
+    )
     rows = session.execute(
         select(*_CHANGE_COLUMNS)
         .where(

@@ -4,16 +4,16 @@
 who may do anything. Rules: members see a conversation, owners manage it.
 """
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from chatdb import models
-from chatdb.errors import Forbidden, Invalid, NotFound
+from chatdb.errors import Conflict, Forbidden, Invalid, NotFound
 from chatdb.store._changelog import record_change, record_for_each_member
 from chatdb.store._errors import translated_errors
 from chatdb.store._validate import clean_text, page_limit, positive_id
-from chatdb.store.types import AnyRow, Conversation, Member
+from chatdb.store.types import AnyRow, Conversation, DeletedConversation, Member
 
 _CONVERSATION_COLUMNS = (
     models.Conversation.id,
@@ -48,20 +48,38 @@ def _clean_title(title: str | None) -> str | None:
     return clean_text(title.strip(), field="title", max_length=models.TITLE_MAX)
 
 
-def member_role(*, session: Session, conversation_id: int, user_id: int) -> str | None:
-    """The user's role in the conversation, or None if they are not a member."""
-    role: str | None = session.execute(
-        select(models.ConversationMember.role).where(
+def member_role(
+    *, session: Session, conversation_id: int, user_id: int, include_deleted: bool = False
+) -> str | None:
+    """The user's role in the conversation, or None if they are not a member
+    (or it is deleted, unless `include_deleted`)."""
+    query = (
+        select(models.ConversationMember.role)
+        .join(
+            models.Conversation, models.Conversation.id == models.ConversationMember.conversation_id
+        )
+        .where(
             models.ConversationMember.conversation_id == conversation_id,
             models.ConversationMember.user_id == user_id,
         )
-    ).scalar_one_or_none()
+    )
+    if not include_deleted:
+        query = query.where(models.Conversation.deleted_at.is_(None))
+    role: str | None = session.execute(query).scalar_one_or_none()
     return role
 
 
 def _require_member(session: Session, conversation_id: int, actor_id: int | None) -> str | None:
-    """The actor's role; NotFound for non-members, so existence does not leak."""
+    """The actor's role; NotFound for non-members, so existence does not leak.
+    A deleted conversation is not found for anyone, operators included."""
     if actor_id is None:
+        live = session.execute(
+            select(models.Conversation.id).where(
+                models.Conversation.id == conversation_id, models.Conversation.deleted_at.is_(None)
+            )
+        ).first()
+        if live is None:
+            raise NotFound(f"no conversation with id {conversation_id}")
         return None
     role = member_role(session=session, conversation_id=conversation_id, user_id=actor_id)
     if role is None:
@@ -122,7 +140,8 @@ def get_or_create_direct(
             .values(kind="direct", direct_user_low_id=low, direct_user_high_id=high)
             .on_conflict_do_nothing(
                 index_elements=["direct_user_low_id", "direct_user_high_id"],
-                index_where=models.Conversation.kind == "direct",
+                index_where=(models.Conversation.kind == "direct")
+                & models.Conversation.deleted_at.is_(None),
             )
             .returning(*_CONVERSATION_COLUMNS)
         ).one_or_none()
@@ -141,6 +160,7 @@ def get_or_create_direct(
             models.Conversation.kind == "direct",
             models.Conversation.direct_user_low_id == low,
             models.Conversation.direct_user_high_id == high,
+            models.Conversation.deleted_at.is_(None),
         )
     ).one()
     return _conversation(existing), False
@@ -152,7 +172,9 @@ def get_conversation(
     positive_id(conversation_id, field="conversation id")
     _require_member(session, conversation_id, actor_id)
     row = session.execute(
-        select(*_CONVERSATION_COLUMNS).where(models.Conversation.id == conversation_id)
+        select(*_CONVERSATION_COLUMNS).where(
+            models.Conversation.id == conversation_id, models.Conversation.deleted_at.is_(None)
+        )
     ).one_or_none()
     if row is None:
         raise NotFound(f"no conversation with id {conversation_id}")
@@ -181,18 +203,99 @@ def rename_conversation(
 def delete_conversation(
     *, session: Session, conversation_id: int, actor_id: int | None = None
 ) -> None:
-    """Delete a conversation with its members and messages."""
+    """Soft-delete a conversation: it disappears for everyone (inbox, pages,
+    changes, sends are refused) but its rows stay, so restore_conversation can
+    bring it back until `chatdb purge` removes it after the retention window."""
     positive_id(conversation_id, field="conversation id")
     _require_owner(session, conversation_id, actor_id)
     _lock_conversation(session, conversation_id)
+    # Addressed to each member: the stream tells them, though the conversation
+    # is no longer visible to them.
     record_for_each_member(session, conversation_id, "conversation.deleted", actor_id)
-    deleted = session.execute(
-        delete(models.Conversation)
+    session.execute(
+        update(models.Conversation)
         .where(models.Conversation.id == conversation_id)
-        .returning(models.Conversation.id)
+        .values(deleted_at=func.now())
+    )
+
+
+def restore_conversation(
+    *,
+    session: Session,
+    conversation_id: int,
+    retention_days: int,
+    actor_id: int | None = None,
+) -> Conversation:
+    """Undo a delete within `retention_days` of it (an owner, or an operator).
+
+    Restoring a conversation that is not deleted changes nothing. A direct
+    conversation cannot come back once its two users have started a new one.
+    """
+    positive_id(conversation_id, field="conversation id")
+    if actor_id is not None:
+        role = member_role(
+            session=session,
+            conversation_id=conversation_id,
+            user_id=actor_id,
+            include_deleted=True,
+        )
+        if role is None:
+            raise NotFound(f"no conversation with id {conversation_id}")
+        if role != "owner":
+            raise Forbidden("only an owner of the conversation can do this")
+    # The row lock orders this against purge (which deletes under the same lock).
+    row = session.execute(
+        select(
+            models.Conversation.deleted_at,
+            models.Conversation.deleted_at
+            < func.now() - func.make_interval(0, 0, 0, retention_days),
+        )
+        .where(models.Conversation.id == conversation_id)
+        .with_for_update()
     ).one_or_none()
-    if deleted is None:
+    if row is None:
         raise NotFound(f"no conversation with id {conversation_id}")
+    deleted_at, expired = row
+    if deleted_at is None:
+        return get_conversation(session=session, conversation_id=conversation_id)
+    if expired:
+        raise Conflict(
+            f"conversation {conversation_id} was deleted more than {retention_days} days ago, "
+            "past the retention window; it can no longer be restored"
+        )
+    with translated_errors():
+        session.execute(
+            update(models.Conversation)
+            .where(models.Conversation.id == conversation_id)
+            .values(deleted_at=None)
+        )
+    record_change(session, conversation_id, "conversation.restored", actor_id=actor_id)
+    return get_conversation(session=session, conversation_id=conversation_id)
+
+
+def deleted_conversations(
+    *, session: Session, retention_days: int, after_id: int = 0, limit: int = 50
+) -> list[DeletedConversation]:
+    """Soft-deleted conversations in id order (keyset), with when each is due to be purged."""
+    C = models.Conversation
+    purge_after = C.deleted_at + func.make_interval(0, 0, 0, retention_days)
+    rows = session.execute(
+        select(C.id, C.kind, C.title, C.last_seq, C.deleted_at, purge_after.label("purge_after"))
+        .where(C.deleted_at.is_not(None), C.id > after_id)
+        .order_by(C.id)
+        .limit(page_limit(limit))
+    )
+    return [
+        DeletedConversation(
+            id=r.id,
+            kind=r.kind,
+            title=r.title,
+            messages=r.last_seq,
+            deleted_at=r.deleted_at,
+            purge_after=r.purge_after,
+        )
+        for r in rows
+    ]
 
 
 # --- members ------------------------------------------------------------------
@@ -204,7 +307,7 @@ def _lock_conversation(session: Session, conversation_id: int) -> str:
     Returns the conversation's kind."""
     kind: str | None = session.execute(
         select(models.Conversation.kind)
-        .where(models.Conversation.id == conversation_id)
+        .where(models.Conversation.id == conversation_id, models.Conversation.deleted_at.is_(None))
         .with_for_update()
     ).scalar_one_or_none()
     if kind is None:
@@ -394,8 +497,6 @@ def list_members(
     """Members in user id order, a keyset page after `after_user_id`."""
     positive_id(conversation_id, field="conversation id")
     _require_member(session, conversation_id, actor_id)
-    if actor_id is None:
-        get_conversation(session=session, conversation_id=conversation_id)
     rows = session.execute(
         select(*_MEMBER_COLUMNS)
         .join(models.User, models.User.id == models.ConversationMember.user_id)

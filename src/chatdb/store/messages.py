@@ -64,7 +64,7 @@ WITH counter AS (
     UPDATE conversations
        SET last_seq = last_seq + 1, last_change_seq = last_change_seq + 1,
            last_activity_at = now()
-     WHERE id = :conversation_id
+     WHERE id = :conversation_id AND deleted_at IS NULL
        AND EXISTS (SELECT 1 FROM conversation_members
                     WHERE conversation_id = :conversation_id AND user_id = :sender_id)
  RETURNING last_seq, last_change_seq, last_activity_at
@@ -143,7 +143,7 @@ def _find_replay(
     """
     locked = session.execute(
         select(models.Conversation.id)
-        .where(models.Conversation.id == conversation_id)
+        .where(models.Conversation.id == conversation_id, models.Conversation.deleted_at.is_(None))
         .with_for_update(key_share=True)
     ).first()
     if locked is None:
@@ -195,13 +195,6 @@ def list_messages(
     if before is not None and after is not None:
         raise Invalid("give either before or after, not both")
     _require_member(session, conversation_id, actor_id)
-    if actor_id is None:
-        # Operators get a clear NotFound rather than an empty page.
-        exists = session.execute(
-            select(models.Conversation.id).where(models.Conversation.id == conversation_id)
-        ).first()
-        if exists is None:
-            raise NotFound(f"no conversation with id {conversation_id}")
 
     # One row more than asked tells whether there is another page.
     rows = session.execute(page_statement(conversation_id, before, after, limit)).all()
@@ -242,7 +235,7 @@ def _exists_after(session: Session, conversation_id: int, seq: int) -> bool:
 
 def _lock_message(session: Session, conversation_id: int, seq: int) -> AnyRow:
     row = session.execute(
-        select(M.sender_id, M.deleted_at)
+        select(M.sender_id, M.deleted_at, M.body)
         .where(M.conversation_id == conversation_id, M.seq == seq)
         .with_for_update()
     ).one_or_none()
@@ -274,7 +267,12 @@ def edit_message(
 
 
 def _set_deleted(
-    session: Session, conversation_id: int, seq: int, actor_id: int | None, deleted: bool
+    session: Session,
+    conversation_id: int,
+    seq: int,
+    actor_id: int | None,
+    deleted: bool,
+    retention_days: int | None = None,
 ) -> Message:
     positive_id(conversation_id, field="conversation id")
     role = _require_member(session, conversation_id, actor_id)
@@ -282,6 +280,8 @@ def _set_deleted(
     if actor_id is not None and target.sender_id != actor_id and role != "owner":
         verb = "delete" if deleted else "restore"
         raise Forbidden(f"only the author or an owner can {verb} a message")
+    if not deleted and target.deleted_at is not None:
+        _check_restorable(session, target, seq, retention_days)
     if (target.deleted_at is not None) != deleted:
         session.execute(
             update(M)
@@ -293,6 +293,26 @@ def _set_deleted(
     return get_message(session=session, conversation_id=conversation_id, seq=seq)
 
 
+def _check_restorable(
+    session: Session, target: AnyRow, seq: int, retention_days: int | None
+) -> None:
+    """A deleted message comes back within the retention window, and never once
+    purge has erased its text."""
+    past = (
+        retention_days is not None
+        and session.execute(
+            select(target.deleted_at < func.now() - func.make_interval(0, 0, 0, retention_days))
+        ).scalar_one()
+    )
+    if past or target.body == "":
+        raise Conflict(
+            f"message {seq} was deleted more than {retention_days} days ago, past the "
+            "retention window; it can no longer be restored"
+            if past
+            else f"message {seq} was deleted and its text has been purged"
+        )
+
+
 def delete_message(
     *, session: Session, conversation_id: int, seq: int, actor_id: int | None = None
 ) -> Message:
@@ -301,9 +321,18 @@ def delete_message(
 
 
 def restore_message(
-    *, session: Session, conversation_id: int, seq: int, actor_id: int | None = None
+    *,
+    session: Session,
+    conversation_id: int,
+    seq: int,
+    actor_id: int | None = None,
+    retention_days: int | None = None,
 ) -> Message:
-    return _set_deleted(session, conversation_id, seq, actor_id, deleted=False)
+    """Undo a delete, within `retention_days` of it when given (the API and CLI
+    pass the setting)."""
+    return _set_deleted(
+        session, conversation_id, seq, actor_id, deleted=False, retention_days=retention_days
+    )
 
 
 def mark_read(*, session: Session, conversation_id: int, user_id: int, seq: int) -> int:
@@ -322,6 +351,7 @@ def mark_read(*, session: Session, conversation_id: int, user_id: int, seq: int)
             member.conversation_id == conversation_id,
             member.user_id == user_id,
             conversation.id == member.conversation_id,
+            conversation.deleted_at.is_(None),
             member.last_read_seq < target,
         )
         .values(last_read_seq=target)
@@ -333,8 +363,12 @@ def mark_read(*, session: Session, conversation_id: int, user_id: int, seq: int)
         )
         return int(moved)
     current = session.execute(
-        select(member.last_read_seq).where(
-            member.conversation_id == conversation_id, member.user_id == user_id
+        select(member.last_read_seq)
+        .join(conversation, conversation.id == member.conversation_id)
+        .where(
+            member.conversation_id == conversation_id,
+            member.user_id == user_id,
+            conversation.deleted_at.is_(None),
         )
     ).scalar_one_or_none()
     if current is None:
@@ -349,7 +383,11 @@ def unread_count(*, session: Session, conversation_id: int, user_id: int) -> int
     value = session.execute(
         select(models.Conversation.last_seq - member.last_read_seq)
         .join(member, member.conversation_id == models.Conversation.id)
-        .where(member.conversation_id == conversation_id, member.user_id == user_id)
+        .where(
+            member.conversation_id == conversation_id,
+            member.user_id == user_id,
+            models.Conversation.deleted_at.is_(None),
+        )
     ).scalar_one_or_none()
     if value is None:
         raise NotFound(f"no conversation with id {conversation_id}")

@@ -68,7 +68,7 @@ def inbox_statement(user_id: int, before: InboxCursor | None = None, limit: int 
             CM.last_read_seq,
         )
         .join(CM, CM.conversation_id == C.id)
-        .where(CM.user_id == user_id)
+        .where(CM.user_id == user_id, C.deleted_at.is_(None))
         .order_by(C.last_activity_at.desc(), C.id.desc())
         .limit(limit + 1)
     )
@@ -288,7 +288,12 @@ def overview(*, session: Session) -> Overview:
             select(func.count()).select_from(U).scalar_subquery().label("users"),
             select(func.count()).select_from(C).scalar_subquery().label("conversations"),
             select(func.coalesce(func.sum(C.last_seq), 0)).scalar_subquery().label("messages"),
-            select(C.id).order_by(C.last_seq.desc(), C.id).limit(1).scalar_subquery().label("busy"),
+            select(C.id)
+            .where(C.deleted_at.is_(None))
+            .order_by(C.last_seq.desc(), C.id)
+            .limit(1)
+            .scalar_subquery()
+            .label("busy"),
             select(CM.user_id)
             .group_by(CM.user_id)
             .order_by(func.count().desc(), CM.user_id)
@@ -304,3 +309,19 @@ def overview(*, session: Session) -> Overview:
         busiest_conversation_id=counts.busy,
         most_connected_user_id=counts.connected,
     )
+
+
+def database_holds_data(*, session: Session) -> str | None:
+    """What a restore would replace, in words ("3 users and 2 conversations"),
+    or None for a database without chatdb data (no schema, or no rows)."""
+    if not session.execute(select(func.to_regclass("users").is_not(None))).scalar_one():
+        return None
+    users, conversations = session.execute(
+        select(
+            select(func.count()).select_from(U).scalar_subquery(),
+            select(func.count()).select_from(C).scalar_subquery(),
+        )
+    ).one()
+    if not users and not conversations:
+        return None
+    return f"{users} users and {conversations} conversations"

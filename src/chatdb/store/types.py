@@ -30,6 +30,17 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class DeletedConversation:
+    id: int
+    kind: str
+    title: str | None
+    messages: int
+    deleted_at: datetime
+    # Restorable until then; purge may remove it after.
+    purge_after: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     conversation_id: int
     user_id: int
