@@ -91,6 +91,24 @@ def postgres_binaries() -> tuple[Path, bool]:
     return embedded, False
 
 
+def _prepare_system_user(user: str, bin_dir: Path) -> None:
+    """As pgserver does when run as root: make the user, and let it run
+    pgserver's binaries (the suite may not have started pgserver itself)."""
+    import stat
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from pgserver import utils
+
+    utils.ensure_user_exists(user)
+    if bin_dir == _pgserver_bin():
+        readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+        utils.ensure_prefix_permissions(bin_dir)
+        utils.ensure_folder_permissions(bin_dir, readable)
+        utils.ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+
+
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     """Signal a process started with start_new_session=True and all its children."""
     with contextlib.suppress(ProcessLookupError):
@@ -120,6 +138,7 @@ class ThrowawayPostgres:
         self.user: str | None = None
         if os.geteuid() == 0:
             self.user = "pgserver"
+            _prepare_system_user(self.user, self.bin_dir)
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self.process: subprocess.Popen[bytes] | None = None
