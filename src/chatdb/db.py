@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -210,3 +211,40 @@ def transaction(engine: Engine | None = None) -> Iterator[Session]:
     engine = engine or get_engine()
     with session_factory(engine).begin() as session:
         yield session
+
+
+T = TypeVar("T")
+
+# Tries of a unit of work whose connection was lost (see retry_if_connection_lost).
+RETRIES_ON_CONNECTION_LOSS = 3
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a database error means the connection died (server killed or
+    restarted, backend terminated, network cut), as opposed to a statement
+    PostgreSQL refused. SQLAlchemy marks those by invalidating the connection."""
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def retry_if_connection_lost(
+    run: Callable[[], T], *, attempts: int = RETRIES_ON_CONNECTION_LOSS
+) -> T:
+    """Call `run` (one whole transaction), and call it again, on a new
+    connection, if the connection is lost on the way.
+
+    Only for work that is safe to repeat. A lost connection rolls back what
+    was not committed, but a loss during COMMIT leaves unknown whether it went
+    through; a repeat must then find the first run's result instead of doing
+    it twice. An idempotent send is such work (its key finds the message);
+    other writes are not retried, and their caller sees the error.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return run()
+        except DBAPIError as exc:
+            if not connection_lost(exc) or attempt == attempts:
+                raise
+            # The pool has been invalidated with the connection; a short pause
+            # lets a restarting server accept connections again.
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover

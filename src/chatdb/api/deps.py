@@ -1,9 +1,9 @@
 """Request dependencies: the database, the caller, the cursor codec."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,9 +14,11 @@ from chatdb import store
 from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
 from chatdb.config import Settings
-from chatdb.db import session_factory
+from chatdb.db import retry_if_connection_lost, session_factory
 from chatdb.replicas import ReadRouter
 from chatdb.security import same_secret
+
+T = TypeVar("T")
 
 # Whom read-your-writes is kept for: a user's id, or this key for the operator.
 _OPERATOR = 0
@@ -45,6 +47,16 @@ class Database:
         writes, or the primary. Without replicas, the same as transaction()."""
         with self.router.read_transaction(self._caller()) as session:
             yield session
+
+    def transaction_retried(self, work: Callable[[Session], T]) -> T:
+        """`work` in a transaction, run again if the connection is lost on the
+        way: only for work that is safe to repeat (see retry_if_connection_lost)."""
+
+        def once() -> T:
+            with self.transaction() as session:
+                return work(session)
+
+        return retry_if_connection_lost(once)
 
     def _caller(self) -> int | None:
         caller: int | None = getattr(self.request.state, "caller_key", None)

@@ -5,13 +5,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from sqlalchemy.orm import Session
 
 from chatdb import store
 from chatdb.api import schemas
 from chatdb.api.deps import AppSettings, Caller, Cursors, Db, Principal
 from chatdb.api.errors import ApiError
 from chatdb.errors import Invalid
-from chatdb.store.types import Conversation, Member, Message, User
+from chatdb.store.types import Conversation, Member, Message, SendResult, User
 
 router = APIRouter(prefix="/v1")
 
@@ -486,14 +487,26 @@ def send_message(
     user_id = caller.require_user()
     if idempotency_key and body.client_msg_id and idempotency_key != body.client_msg_id:
         raise Invalid("the Idempotency-Key header and client_msg_id differ")
-    with db.transaction() as session:
-        result = store.send_message(
+    key = idempotency_key or body.client_msg_id
+
+    def send(session: Session) -> SendResult:
+        return store.send_message(
             session=session,
             conversation_id=conversation_id,
             sender_id=user_id,
             body=body.body,
-            idempotency_key=idempotency_key or body.client_msg_id,
+            idempotency_key=key,
         )
+
+    if key is None:
+        # Without a key a repeat could send twice: a lost connection is a 503,
+        # and the client decides.
+        with db.transaction() as session:
+            result = send(session)
+    else:
+        # With one, a send whose connection was lost mid-way is run again: if
+        # its commit had gone through, the key finds the message (a replay).
+        result = db.transaction_retried(send)
     if not result.created:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"

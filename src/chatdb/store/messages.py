@@ -110,6 +110,8 @@ def send_message(
         idempotency_key = clean_text(
             idempotency_key, field="idempotency key", max_length=models.IDEMPOTENCY_KEY_MAX
         )
+    _lock_for_send(session, conversation_id)
+    if idempotency_key is not None:
         replay = _find_replay(session, conversation_id, sender_id, idempotency_key, body)
         if replay is not None:
             return SendResult(replay, created=False)
@@ -130,16 +132,17 @@ def send_message(
     return SendResult(_message(row), created=True)
 
 
-def _find_replay(
-    session: Session, conversation_id: int, sender_id: int, key: str, body: str
-) -> Message | None:
-    """The message an earlier send with this key created, if any.
+def _lock_for_send(session: Session, conversation_id: int) -> None:
+    """Lock the conversation row (FOR KEY SHARE) before the send statement runs.
 
-    Why this is safe under concurrency: we first lock the conversation row
-    (every send to this conversation takes that lock), then look for the key.
-    A concurrent send with the same key either committed before we got the
-    lock, and we see its row now, or it waits for our commit and then finds
-    ours. No two messages with one key, and no counter increment is wasted.
+    Membership changes and deletes lock the row FOR UPDATE, so they and this
+    send now run one after the other, and the send statement's snapshot is
+    taken after the other committed. Without it, a send whose UPDATE queued
+    behind a member's removal was re-checked by PostgreSQL against the new row
+    version only: the membership EXISTS kept its old snapshot, and the removed
+    member's message was stored after the removal (tests/test_races.py).
+    KEY SHARE does not conflict with other sends' row updates, so concurrent
+    sends still only queue for the counter, as before.
     """
     locked = session.execute(
         select(models.Conversation.id)
@@ -148,6 +151,19 @@ def _find_replay(
     ).first()
     if locked is None:
         raise NotFound(f"no conversation with id {conversation_id}")
+
+
+def _find_replay(
+    session: Session, conversation_id: int, sender_id: int, key: str, body: str
+) -> Message | None:
+    """The message an earlier send with this key created, if any.
+
+    Why this is safe under concurrency: the caller has locked the conversation
+    row (every send to this conversation takes that lock), then we look for the
+    key. A concurrent send with the same key either committed before we got the
+    lock, and we see its row now, or it waits for our commit and then finds
+    ours. No two messages with one key, and no counter increment is wasted.
+    """
     row = session.execute(
         _select_messages().where(
             M.conversation_id == conversation_id,
