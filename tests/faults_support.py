@@ -27,7 +27,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import psycopg
@@ -36,7 +35,7 @@ from chatdb import migrate, store
 from chatdb.db import make_engine, normalize_url, session_factory
 from tests.api_support import PASSWORD
 from tests.conftest import TEST_SETTINGS
-from tests.test_events import WAIT, Event, sse_events
+from tests.test_events import WAIT
 from tests.test_serve import chatdb_env, free_port
 
 FAULT_ADMIN_KEY = "fault-test-admin-key-8d2e41"
@@ -550,62 +549,3 @@ def all_changes(conninfo: str, conversation_ids: list[int]) -> list[tuple[int, i
 
 
 # --- a live-update client that resumes ---------------------------------------------------------
-
-
-class ResumingListener:
-    """Reads /v1/events and, whenever the stream breaks or ends (the server or
-    its database went away), reconnects with Last-Event-ID = the last id it
-    received, as a browser's EventSource does. Starts from Last-Event-ID 0, so
-    it should receive every change of its conversations exactly once."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base, self.token = base, token
-        self.events: list[Event] = []
-        self.connections = 0
-        self.errors: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                last = self.events[-1].id if self.events else 0
-            headers = {"Authorization": f"Bearer {self.token}", "Last-Event-ID": str(last)}
-            try:
-                with (
-                    httpx2.Client(timeout=httpx2.Timeout(5.0)) as client,
-                    client.stream("GET", f"{self.base}/v1/events", headers=headers) as response,
-                ):
-                    if response.status_code != 200:
-                        self.errors[str(response.status_code)] += 1
-                    else:
-                        self.connections += 1
-                        for event in sse_events(self._lines(response.iter_lines())):
-                            with self._lock:
-                                self.events.append(event)
-            except Exception as exc:  # the server went away mid-stream: resume
-                self.errors[type(exc).__name__] += 1
-            self._stop.wait(0.2)
-
-    def _lines(self, lines: Any) -> Any:
-        for line in lines:
-            if self._stop.is_set():
-                return
-            yield line
-
-    def snapshot(self) -> list[Event]:
-        with self._lock:
-            return list(self.events)
-
-    def wait_for(self, count: int, limit: float = WAIT * 3) -> list[Event]:
-        deadline = time.monotonic() + limit
-        while len(self.snapshot()) < count and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return self.snapshot()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(WAIT)
-        assert not self._thread.is_alive(), "the stream reader did not stop"

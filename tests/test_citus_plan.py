@@ -25,12 +25,14 @@ from sqlalchemy.orm import Session
 
 SCALING_DOC = Path(__file__).resolve().parent.parent / "docs" / "scaling.md"
 
-# Distributed tables and their distribution column; all in one co-location group.
+# Distributed tables and their distribution column. The per-conversation ones
+# form one co-location group; the others have no foreign keys and stand alone.
 DISTRIBUTED = {
     "conversations": "id",
     "conversation_members": "conversation_id",
     "messages": "conversation_id",
     "changes": "conversation_id",
+    "sign_in_failures": "key_hash",
 }
 REFERENCE = {"users", "auth_tokens"}
 # Bookkeeping that stays on the coordinator.
