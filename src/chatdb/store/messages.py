@@ -6,7 +6,7 @@ therefore commit one after another, so seqs are gapless and in commit order:
 a reader that has seen seq N and asks for "after N" never misses a message.
 """
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import exists, func, select, text, true, update
 from sqlalchemy.orm import Session
 
 from chatdb import models
@@ -59,7 +59,7 @@ def _clean_body(body: str) -> str:
 # conversation row until commit; that lock is what makes seqs gapless and
 # ordered. The same statement logs the change (next change_seq, same lock) and
 # moves the sender's read marker to their own message.
-_SEND_SQL = text("""
+SEND_SQL = text("""
 WITH counter AS (
     UPDATE conversations
        SET last_seq = last_seq + 1, last_change_seq = last_change_seq + 1,
@@ -115,7 +115,7 @@ def send_message(
             return SendResult(replay, created=False)
     with translated_errors():
         row = session.execute(
-            _SEND_SQL,
+            SEND_SQL,
             {
                 "conversation_id": conversation_id,
                 "sender_id": sender_id,
@@ -194,50 +194,73 @@ def list_messages(
     limit = page_limit(limit)
     if before is not None and after is not None:
         raise Invalid("give either before or after, not both")
-    _require_member(session, conversation_id, actor_id)
-    if actor_id is None:
-        # Operators get a clear NotFound rather than an empty page.
-        exists = session.execute(
-            select(models.Conversation.id).where(models.Conversation.id == conversation_id)
-        ).first()
-        if exists is None:
-            raise NotFound(f"no conversation with id {conversation_id}")
-
-    # One row more than asked tells whether there is another page.
-    rows = session.execute(page_statement(conversation_id, before, after, limit)).all()
+    # One statement, so one round trip: the membership check, the page and the
+    # conversation's last seq (for has_newer) come back together.
+    rows = session.execute(
+        page_statement(conversation_id, before, after, limit, actor_id=actor_id)
+    ).all()
+    if not rows:
+        # The conversation is missing or the actor is not a member: both read as
+        # "not found", so a non-member learns nothing.
+        raise NotFound(f"no conversation with id {conversation_id}")
+    last_seq: int = rows[0].conversation_last_seq
+    # One row more than asked tells whether there is another page. A page with
+    # no messages is one row whose message columns are NULL.
+    found = [r for r in rows if r.seq is not None]
     if after is not None:
-        has_newer = len(rows) > limit
-        messages = [_message(r) for r in rows[:limit]]
+        has_newer = len(found) > limit
+        messages = [_message(r) for r in found[:limit]]
         has_older = after > 0
     else:
-        has_older = len(rows) > limit
-        messages = [_message(r) for r in reversed(rows[:limit])]
-        has_newer = before is not None and _exists_after(
-            session, conversation_id, messages[-1].seq if messages else before - 1
+        has_older = len(found) > limit
+        messages = [_message(r) for r in reversed(found[:limit])]
+        has_newer = before is not None and last_seq > (
+            messages[-1].seq if messages else before - 1
         )
     return MessagePage(messages=messages, has_older=has_older, has_newer=has_newer)
 
 
 def page_statement(
-    conversation_id: int, before: int | None = None, after: int | None = None, limit: int = 20
+    conversation_id: int,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 20,
+    *,
+    actor_id: int | None = None,
 ) -> AnySelect:
-    """The SQL of a message page: a range scan of the primary key
-    (conversation_id, seq), `limit` + 1 rows, newest first unless paging forward."""
-    query = _select_messages().where(M.conversation_id == conversation_id)
+    """The SQL of a message page, in one statement.
+
+    The conversation row (only if `actor_id` is a member, when given) left-joined
+    to the page: a range scan of the primary key (conversation_id, seq) for
+    `limit` + 1 rows, newest first unless paging forward. No row at all: no such
+    conversation for this actor; one row of NULL messages: an empty page.
+    """
+    conversation = select(
+        models.Conversation.id, models.Conversation.last_seq.label("conversation_last_seq")
+    ).where(models.Conversation.id == conversation_id)
+    if actor_id is not None:
+        member = models.ConversationMember
+        conversation = conversation.where(
+            exists().where(member.conversation_id == conversation_id, member.user_id == actor_id)
+        )
+    target = conversation.subquery("conversation")
+    page = _select_messages().where(M.conversation_id == conversation_id)
     if after is not None:
         seq_value(after, field="after")
-        return query.where(M.seq > after).order_by(M.seq).limit(limit + 1)
-    if before is not None:
-        seq_value(before, field="before")
-        query = query.where(M.seq < before)
-    return query.order_by(M.seq.desc()).limit(limit + 1)
-
-
-def _exists_after(session: Session, conversation_id: int, seq: int) -> bool:
-    last_seq: int | None = session.execute(
-        select(models.Conversation.last_seq).where(models.Conversation.id == conversation_id)
-    ).scalar_one_or_none()
-    return last_seq is not None and last_seq > seq
+        page = page.where(M.seq > after).order_by(M.seq)
+    else:
+        if before is not None:
+            seq_value(before, field="before")
+            page = page.where(M.seq < before)
+        page = page.order_by(M.seq.desc())
+    page_sq = page.limit(limit + 1).subquery("page")
+    order = page_sq.c.seq if after is not None else page_sq.c.seq.desc()
+    return (
+        select(target.c.conversation_last_seq, *page_sq.c)
+        .select_from(target)
+        .outerjoin(page_sq, true())
+        .order_by(order)
+    )
 
 
 def _lock_message(session: Session, conversation_id: int, seq: int) -> AnyRow:
