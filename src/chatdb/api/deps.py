@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from chatdb import store
 from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
+from chatdb.api.metrics import Metrics
 from chatdb.config import Settings
 from chatdb.db import session_factory
 from chatdb.security import same_secret
@@ -21,11 +22,16 @@ from chatdb.security import same_secret
 @dataclass(frozen=True, slots=True)
 class Database:
     engine: Engine
+    metrics: Metrics | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """The request's unit of work: commit on success, roll back on error."""
         with session_factory(self.engine).begin() as session:
+            if self.metrics is not None:
+                # Take the connection now, so time spent waiting for one is seen.
+                with self.metrics.waiting_for_connection():
+                    session.connection()
             yield session
 
 
@@ -53,7 +59,7 @@ class Principal:
 
 
 def get_database(request: Request) -> Database:
-    return Database(request.app.state.engine)
+    return Database(request.app.state.engine, request.app.state.metrics)
 
 
 def get_settings_dep(request: Request) -> Settings:

@@ -214,9 +214,7 @@ def list_messages(
     else:
         has_older = len(found) > limit
         messages = [_message(r) for r in reversed(found[:limit])]
-        has_newer = before is not None and last_seq > (
-            messages[-1].seq if messages else before - 1
-        )
+        has_newer = before is not None and last_seq > (messages[-1].seq if messages else before - 1)
     return MessagePage(messages=messages, has_older=has_older, has_newer=has_newer)
 
 
