@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
+    BigInteger,
     and_,
     case,
     cast,
@@ -41,6 +42,7 @@ C = models.Conversation
 CM = models.ConversationMember
 M = models.Message
 U = models.User
+A = models.message_activity.c
 
 MAX_ACTIVITY_DAYS = 366
 
@@ -151,7 +153,10 @@ def activity_statement(start: date, end: date, tz: str, user_id: int | None = No
     """Messages sent per user per local day, days `start` to `end` inclusive in zone tz.
 
     The day boundaries are computed in the zone (so DST days have 23 or 25
-    hours) and the range is an index range scan on messages.created_at.
+    hours). When every boundary falls on a whole UTC hour (any zone whose offset
+    is whole hours), the counts are sums over the hourly rollup
+    message_activity; otherwise (India, Nepal, ...) the range is an index range
+    scan of messages.created_at. Both give the same answer.
     """
     zone = _zone(tz)
     if end < start:
@@ -159,18 +164,35 @@ def activity_statement(start: date, end: date, tz: str, user_id: int | None = No
     if (end - start).days >= MAX_ACTIVITY_DAYS:
         raise Invalid(f"the report covers at most {MAX_ACTIVITY_DAYS} days")
     try:
-        range_start = datetime.combine(start, time(), tzinfo=zone).astimezone(UTC)
-        range_end = datetime.combine(end + timedelta(days=1), time(), tzinfo=zone).astimezone(UTC)
+        boundaries = [
+            datetime.combine(start + timedelta(days=i), time(), tzinfo=zone).astimezone(UTC)
+            for i in range((end - start).days + 2)
+        ]
     except OverflowError as exc:  # the day after 9999-12-31, or year 1 east of UTC
         raise Invalid("the dates are out of the supported range") from exc
-    day = cast(func.timezone(tz, M.created_at), Date).label("day")
-    counts = (
-        select(M.sender_id, day, func.count().label("message_count"))
-        .where(M.created_at >= range_start, M.created_at < range_end)
-        .group_by(M.sender_id, day)
-    )
-    if user_id is not None:
-        counts = counts.where(M.sender_id == user_id)
+    range_start, range_end = boundaries[0], boundaries[-1]
+    if all(b.minute == b.second == b.microsecond == 0 for b in boundaries):
+        # No local midnight falls inside a UTC hour: each hour is in one local day.
+        day = cast(func.timezone(tz, A.hour), Date).label("day")
+        total = func.sum(A.message_count)
+        counts = (
+            select(A.sender_id, day, cast(total, BigInteger).label("message_count"))
+            .where(A.hour >= range_start, A.hour < range_end)
+            .group_by(A.sender_id, day)
+            # Rows that went to zero (deleted messages) are no activity.
+            .having(total > 0)
+        )
+        if user_id is not None:
+            counts = counts.where(A.sender_id == user_id)
+    else:
+        day = cast(func.timezone(tz, M.created_at), Date).label("day")
+        counts = (
+            select(M.sender_id, day, func.count().label("message_count"))
+            .where(M.created_at >= range_start, M.created_at < range_end)
+            .group_by(M.sender_id, day)
+        )
+        if user_id is not None:
+            counts = counts.where(M.sender_id == user_id)
     counts_sq = counts.subquery("counts")
     return (
         select(counts_sq.c.sender_id, U.username, counts_sq.c.day, counts_sq.c.message_count)
