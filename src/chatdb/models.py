@@ -123,6 +123,8 @@ class Conversation(Base):
         # The foreign keys above need an index each so deleting a user does not
         # scan conversations; the unique index covers the low side.
         Index("ix_conversations_direct_user_high_id", "direct_user_high_id"),
+        # The inbox of a member of thousands of conversations: newest first, keep theirs.
+        Index("ix_conversations_last_activity_at_id", "last_activity_at", "id"),
     )
 
 

@@ -6,7 +6,9 @@ therefore commit one after another, so seqs are gapless and in commit order:
 a reader that has seen seq N and asks for "after N" never misses a message.
 """
 
-from sqlalchemy import exists, func, select, text, true, update
+from functools import lru_cache
+
+from sqlalchemy import BigInteger, Integer, bindparam, exists, func, select, text, true, update
 from sqlalchemy.orm import Session
 
 from chatdb import models
@@ -196,9 +198,8 @@ def list_messages(
         raise Invalid("give either before or after, not both")
     # One statement, so one round trip: the membership check, the page and the
     # conversation's last seq (for has_newer) come back together.
-    rows = session.execute(
-        page_statement(conversation_id, before, after, limit, actor_id=actor_id)
-    ).all()
+    template, params = _page_query(conversation_id, before, after, limit, actor_id)
+    rows = session.execute(template, params).all()
     if not rows:
         # The conversation is missing or the actor is not a member: both read as
         # "not found", so a non-member learns nothing.
@@ -226,37 +227,80 @@ def page_statement(
     *,
     actor_id: int | None = None,
 ) -> AnySelect:
-    """The SQL of a message page, in one statement.
+    """The SQL of a message page, in one statement, with its parameters bound.
 
     The conversation row (only if `actor_id` is a member, when given) left-joined
     to the page: a range scan of the primary key (conversation_id, seq) for
     `limit` + 1 rows, newest first unless paging forward. No row at all: no such
     conversation for this actor; one row of NULL messages: an empty page.
     """
-    conversation = select(
-        models.Conversation.id, models.Conversation.last_seq.label("conversation_last_seq")
-    ).where(models.Conversation.id == conversation_id)
+    template, params = _page_query(conversation_id, before, after, limit, actor_id)
+    return template.params(params)
+
+
+def _page_query(
+    conversation_id: int, before: int | None, after: int | None, limit: int, actor_id: int | None
+) -> tuple[AnySelect, dict[str, int]]:
+    params = {"conversation_id": conversation_id, "page_rows": limit + 1}
+    if after is not None:
+        params["cursor"] = seq_value(after, field="after")
+        direction = "after"
+    elif before is not None:
+        params["cursor"] = seq_value(before, field="before")
+        direction = "before"
+    else:
+        direction = "newest"
     if actor_id is not None:
-        member = models.ConversationMember
+        params["actor_id"] = actor_id
+    return _page_template(direction, actor_id is not None), params
+
+
+@lru_cache(maxsize=8)
+def _page_template(direction: str, for_member: bool) -> AnySelect:
+    """Built once per shape, with bind parameters, from Core tables: building a
+    statement with subqueries and running it through the ORM layer cost more
+    than the query itself (a few hundred microseconds per page)."""
+    conversations, members = models.Conversation.__table__.c, models.ConversationMember.__table__.c
+    messages, users = M.__table__.c, U.__table__.c
+    conversation_id = bindparam("conversation_id", type_=BigInteger)
+    conversation = select(
+        conversations.id, conversations.last_seq.label("conversation_last_seq")
+    ).where(conversations.id == conversation_id)
+    if for_member:
         conversation = conversation.where(
-            exists().where(member.conversation_id == conversation_id, member.user_id == actor_id)
+            exists().where(
+                members.conversation_id == conversation_id,
+                members.user_id == bindparam("actor_id", type_=BigInteger),
+            )
         )
     target = conversation.subquery("conversation")
-    page = _select_messages().where(M.conversation_id == conversation_id)
-    if after is not None:
-        seq_value(after, field="after")
-        page = page.where(M.seq > after).order_by(M.seq)
+    page = (
+        select(
+            messages.conversation_id,
+            messages.seq,
+            messages.sender_id,
+            users.username.label("sender_username"),
+            users.display_name.label("sender_display_name"),
+            messages.body,
+            messages.created_at,
+            messages.edited_at,
+            messages.deleted_at,
+        )
+        .select_from(M.__table__.outerjoin(U.__table__, users.id == messages.sender_id))
+        .where(messages.conversation_id == conversation_id)
+    )
+    cursor = bindparam("cursor", type_=BigInteger)
+    if direction == "after":
+        page = page.where(messages.seq > cursor).order_by(messages.seq)
+    elif direction == "before":
+        page = page.where(messages.seq < cursor).order_by(messages.seq.desc())
     else:
-        if before is not None:
-            seq_value(before, field="before")
-            page = page.where(M.seq < before)
-        page = page.order_by(M.seq.desc())
-    page_sq = page.limit(limit + 1).subquery("page")
-    order = page_sq.c.seq if after is not None else page_sq.c.seq.desc()
+        page = page.order_by(messages.seq.desc())
+    page_sq = page.limit(bindparam("page_rows", type_=Integer)).subquery("page")
+    order = page_sq.c.seq if direction == "after" else page_sq.c.seq.desc()
     return (
         select(target.c.conversation_last_seq, *page_sq.c)
-        .select_from(target)
-        .outerjoin(page_sq, true())
+        .select_from(target.outerjoin(page_sq, true()))
         .order_by(order)
     )
 

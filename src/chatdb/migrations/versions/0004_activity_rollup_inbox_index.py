@@ -1,4 +1,4 @@
-"""message activity rollup: messages per sender per UTC hour, kept by triggers
+"""activity rollup (messages per sender per UTC hour, kept by triggers); inbox index
 
 Revision ID: 0004
 Revises: 0002
@@ -99,6 +99,12 @@ def upgrade() -> None:
         "FROM messages GROUP BY 1, 2"
     )
     op.execute(ROLLUP_FUNCTION)
+    op.create_index(
+        "ix_conversations_last_activity_at_id",
+        "conversations",
+        ["last_activity_at", "id"],
+        unique=False,
+    )
     for name, when in TRIGGERS.items():
         op.execute(
             f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT "
@@ -110,5 +116,6 @@ def downgrade() -> None:
     for name in TRIGGERS:
         op.execute(f"DROP TRIGGER {name} ON messages")
     op.execute("DROP FUNCTION chatdb_message_activity()")
+    op.drop_index("ix_conversations_last_activity_at_id", table_name="conversations")
     op.drop_index("uq_message_activity_hour_sender_id", table_name="message_activity")
     op.drop_table("message_activity")
