@@ -32,10 +32,13 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         "data layer p50 / p95 / p99",
         "x floor p50",
         "x floor p99",
+        "floor + ping, BEGIN, COMMIT p50",
+        "x that p50",
     ):
         reads.add_column(column, justify="left" if column == "operation" else "right")
     for entry in report["reads"].values():
         f, s, r = entry["floor"], entry["data_layer"], entry["data_layer_vs_floor"]
+        rt = entry["floor_with_round_trips"]
         reads.add_row(
             entry["label"],
             _ms(f["p50_ms"]),
@@ -43,6 +46,8 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
             f"{_ms(s['p50_ms'])} / {_ms(s['p95_ms'])} / {_ms(s['p99_ms'])}",
             f"{r['p50']:.2f}",
             f"{r['p99']:.2f}",
+            _ms(rt["p50_ms"]),
+            f"{entry['data_layer_vs_floor_with_round_trips']['p50']:.2f}",
         )
     console.print(reads)
 

@@ -2,7 +2,8 @@
 operation at three levels in the same run.
 
 - floor: the same SQL through bare psycopg, a prepared statement on an
-  autocommit connection (one round trip, no ORM, no transaction block);
+  autocommit connection (one round trip, no ORM, no transaction block); and
+  the same with the round trips a pooled transaction adds (ping, BEGIN, COMMIT);
 - data layer: the store function in a transaction, as the API calls it;
 - HTTP: the real app under uvicorn, with 1, 8 and 32 concurrent clients.
 
@@ -67,7 +68,7 @@ class Budgets:
             )
         return Budgets(
             read=Budget(samples=3_000, seconds=8.0, warmup=200, min_samples=30),
-            slow=Budget(samples=40, seconds=10.0, warmup=2, min_samples=5),
+            slow=Budget(samples=40, seconds=10.0, warmup=1, min_samples=3),
             concurrent=Budget(samples=8_000, seconds=4.0, warmup=200, min_samples=40),
             http=Budget(samples=6_000, seconds=5.0, warmup=100, min_samples=40),
             send=Budget(samples=8_000, seconds=5.0, warmup=100, min_samples=40),
@@ -248,8 +249,11 @@ SELECT c.id, c.title, m.seq, m.body, m.created_at, u.username
 
 
 def _floor_connection(url: URL) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(psycopg_conninfo(url), autocommit=True)
-    conn.execute("SET TIME ZONE 'UTC'")  # as chatdb's own connections
+    # Set up as chatdb's own connections are (see chatdb.db.make_engine).
+    conn = psycopg.connect(
+        psycopg_conninfo(url), autocommit=True, options="-c max_parallel_workers_per_gather=0"
+    )
+    conn.execute("SET TIME ZONE 'UTC'")
     return conn
 
 
@@ -280,6 +284,21 @@ def floor_call(
 ) -> Callable[[], Any]:
     def call() -> Any:
         return conn.execute(sql, params, prepare=True).fetchall()
+
+    return call
+
+
+def floor_with_round_trips(
+    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
+) -> Callable[[], Any]:
+    """The floor plus the round trips a pooled SQLAlchemy transaction adds: the
+    pool's liveness check, BEGIN and COMMIT. What is left between this and the
+    data layer is Python."""
+
+    def call() -> Any:
+        conn.execute(";")  # what pool_pre_ping sends
+        with conn.transaction():
+            return conn.execute(sql, params, prepare=True).fetchall()
 
     return call
 
@@ -392,6 +411,7 @@ def run(
             budget = budgets.slow if slow else budgets.read
             floor_stats = time_calls(floor_call(floor, sql, params), budget)
             store_stats = time_calls(store_call(engine, op.call), budget)
+            round_trips = time_calls(floor_with_round_trips(floor, sql, params), budget)
             connections = FloorConnections(url)
             try:
                 floor_parallel = time_concurrent(
@@ -406,6 +426,8 @@ def run(
                 "floor": _stats(floor_stats),
                 "data_layer": _stats(store_stats),
                 "data_layer_vs_floor": store_stats.ratio(floor_stats),
+                "floor_with_round_trips": _stats(round_trips),
+                "data_layer_vs_floor_with_round_trips": store_stats.ratio(round_trips),
                 "floor_parallel": _stats(floor_parallel),
                 "http": {},
             }

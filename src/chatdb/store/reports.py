@@ -20,6 +20,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    literal_column,
     select,
     true,
     tuple_,
@@ -123,15 +124,25 @@ def _inbox_template(with_cursor: bool) -> AnySelect:
         conversations.direct_user_high_id,
     )
     newest_first = (conversations.last_activity_at.desc(), conversations.id.desc())
-    by_membership = (
-        select(*columns)
-        .select_from(C.__table__.join(CM.__table__, members.conversation_id == conversations.id))
+    # OFFSET 0 keeps the memberships a subquery of their own: otherwise the planner
+    # may turn this branch into a walk too, which is slow for few memberships.
+    mine = (
+        select(members.conversation_id)
         .where(members.user_id == user_id, ~walk)
+        .offset(literal_column("0"))
+        .subquery("mine")
     )
-    by_walk = select(*columns).where(
-        walk,
-        exists().where(members.conversation_id == conversations.id, members.user_id == user_id),
+    by_membership = select(*columns).select_from(
+        mine.join(C.__table__, conversations.id == mine.c.conversation_id)
     )
+    # OFFSET 0 keeps the membership check a per-row probe: as a semi-join, a
+    # generic plan (prepared statements) may drive it from the memberships again.
+    is_member = exists(
+        select(literal(1))
+        .where(members.conversation_id == conversations.id, members.user_id == user_id)
+        .offset(literal_column("0"))
+    )
+    by_walk = select(*columns).where(walk, is_member)
     if with_cursor:
         after_cursor = tuple_(conversations.last_activity_at, conversations.id) < tuple_(
             bindparam("cursor_at", type_=DateTime(timezone=True)),

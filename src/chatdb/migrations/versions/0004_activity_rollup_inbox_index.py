@@ -93,6 +93,9 @@ def upgrade() -> None:
         unique=True,
         postgresql_nulls_not_distinct=True,
     )
+    # Counting every message once takes longer than chatdb's statement timeout at
+    # tens of millions of messages; this transaction alone lifts it.
+    op.execute("SET LOCAL statement_timeout = 0")
     op.execute(
         "INSERT INTO message_activity (hour, sender_id, message_count) "
         "SELECT date_trunc('hour', created_at, 'UTC'), sender_id, count(*) "
