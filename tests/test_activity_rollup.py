@@ -1,4 +1,4 @@
-"""The activity rollup (messages per sender per UTC hour) stays equal to what
+"""The activity rollup (messages per sender, conversation and UTC hour) stays equal to what
 counting the messages gives, through every kind of write, and the activity
 report reads the same from it as from the messages."""
 
@@ -14,22 +14,27 @@ from chatdb.db import transaction
 from chatdb.seed import SeedPlan, seed
 from tests.factories import make_user
 
+Row = tuple[datetime, int | None, int, int]
 
-def counted(session: Session) -> set[tuple[datetime, int | None, int]]:
+
+def counted(session: Session) -> set[Row]:
     rows = session.execute(
         text(
-            "SELECT date_trunc('hour', created_at, 'UTC'), sender_id, count(*) "
-            "FROM messages GROUP BY 1, 2"
+            "SELECT date_trunc('hour', created_at, 'UTC'), sender_id, conversation_id, count(*) "
+            "FROM messages GROUP BY 1, 2, 3"
         )
     )
-    return {(r[0], r[1], r[2]) for r in rows}
+    return {(r[0], r[1], r[2], r[3]) for r in rows}
 
 
-def rolled_up(session: Session) -> set[tuple[datetime, int | None, int]]:
+def rolled_up(session: Session) -> set[Row]:
     rows = session.execute(
-        text("SELECT hour, sender_id, message_count FROM message_activity WHERE message_count > 0")
+        text(
+            "SELECT hour, sender_id, conversation_id, message_count FROM message_activity "
+            "WHERE message_count > 0"
+        )
     )
-    return {(r[0], r[1], r[2]) for r in rows}
+    return {(r[0], r[1], r[2], r[3]) for r in rows}
 
 
 def assert_rollup_exact(session: Session) -> None:
@@ -47,7 +52,7 @@ def test_every_write_keeps_the_rollup_exact(session: Session) -> None:
         store.send_message(session=session, conversation_id=group.id, sender_id=carol, body=f"c{i}")
         store.send_message(session=session, conversation_id=other.id, sender_id=carol, body=f"o{i}")
     assert_rollup_exact(session)
-    assert sum(n for _, _, n in rolled_up(session)) == 15
+    assert sum(n for *_, n in rolled_up(session)) == 15
 
     # Edits and soft deletes change neither sender nor time: no rollup write.
     before = session.execute(text("SELECT xmin::text FROM message_activity")).all()
@@ -59,12 +64,12 @@ def test_every_write_keeps_the_rollup_exact(session: Session) -> None:
     # A deleted user's messages move to the NULL sender (ON DELETE SET NULL).
     store.delete_user(session=session, user_id=carol)
     assert_rollup_exact(session)
-    assert any(sender is None for _, sender, _ in rolled_up(session))
+    assert any(sender is None for _, sender, _, _ in rolled_up(session))
 
     # A deleted conversation takes its messages' counts with it (ON DELETE CASCADE).
     store.delete_conversation(session=session, conversation_id=group.id)
     assert_rollup_exact(session)
-    assert sum(n for _, _, n in rolled_up(session)) == 5
+    assert sum(n for *_, n in rolled_up(session)) == 5
 
 
 def test_the_report_reads_the_same_from_the_rollup_and_the_messages(session: Session) -> None:
@@ -111,4 +116,23 @@ def test_seeding_keeps_the_rollup_exact(fresh_engine: Engine) -> None:
         seed(fresh_engine, plan)
         with transaction(fresh_engine) as session:
             assert_rollup_exact(session)
-            assert sum(n for _, _, n in rolled_up(session)) == 3_000 * loaded
+            assert sum(n for *_, n in rolled_up(session)) == 3_000 * loaded
+
+
+def test_one_users_sends_to_two_conversations_do_not_wait_for_each_other(
+    fresh_engine: Engine,
+) -> None:
+    """The rollup row a send touches is keyed by its conversation, so a second
+    open transaction of the same sender elsewhere is not held up by the first."""
+    with transaction(fresh_engine) as session:
+        alice, bob = make_user(session, "alice").id, make_user(session, "bob").id
+        first = store.create_group(session=session, creator_id=alice, title="a", member_ids=[bob])
+        second = store.create_group(session=session, creator_id=alice, title="b", member_ids=[bob])
+    with transaction(fresh_engine) as pending:
+        store.send_message(session=pending, conversation_id=first.id, sender_id=alice, body="1")
+        with transaction(fresh_engine) as other:
+            # Fails (instead of hanging) if this send had to wait for `pending`.
+            other.execute(text("SET LOCAL lock_timeout = '10s'"))
+            store.send_message(session=other, conversation_id=second.id, sender_id=alice, body="2")
+    with transaction(fresh_engine) as session:
+        assert_rollup_exact(session)

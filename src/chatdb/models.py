@@ -197,23 +197,28 @@ class Message(Base):
     )
 
 
-# Messages per sender per UTC hour, for the activity report: summing these rows
-# is what the report costs, not reading every message of the range. Kept exact
-# by triggers on messages, in the same transaction as each write (see migration
-# 0004). Hours, not days: a local day in any zone whose offset is whole hours is
-# a set of whole UTC hours. sender_id NULL holds messages of deleted users; no
-# primary key, since that key has a NULL (the unique index treats NULLs as equal).
+# Messages per sender, conversation and UTC hour, for the activity report:
+# summing these rows is what the report costs, not reading every message of the
+# range. Kept exact by triggers on messages, in the same transaction as each
+# write (see migration 0004). Hours, not days: a local day in any zone whose
+# offset is whole hours is a set of whole UTC hours. The conversation is in the
+# key so that a send only touches a row that sends to its conversation already
+# serialise on; one user's sends to different conversations stay parallel.
+# sender_id NULL holds messages of deleted users; so no primary key (the unique
+# index treats NULLs as equal).
 message_activity = Table(
     "message_activity",
     Base.metadata,
     Column("hour", DateTime(timezone=True), nullable=False),
     Column("sender_id", BigInteger, nullable=True),
+    Column("conversation_id", BigInteger, nullable=False),
     Column("message_count", BigInteger, nullable=False),
     CheckConstraint("message_count >= 0", name="message_count_nonnegative"),
     Index(
-        "uq_message_activity_hour_sender_id",
+        "uq_message_activity_hour_sender_id_conversation_id",
         "hour",
         "sender_id",
+        "conversation_id",
         unique=True,
         postgresql_nulls_not_distinct=True,
     ),

@@ -897,11 +897,12 @@ def _load(conn: psycopg.Connection[Any], world: _World, progress: ProgressCallba
 
 
 _ACTIVITY_BACKFILL = """
-INSERT INTO message_activity AS a (hour, sender_id, message_count)
-SELECT date_trunc('hour', created_at, 'UTC'), sender_id, count(*)
+INSERT INTO message_activity AS a (hour, sender_id, conversation_id, message_count)
+SELECT date_trunc('hour', created_at, 'UTC'), sender_id, conversation_id, count(*)
   FROM messages WHERE conversation_id > %s
- GROUP BY 1, 2 ORDER BY 1, 2
-ON CONFLICT (hour, sender_id) DO UPDATE SET message_count = a.message_count + EXCLUDED.message_count
+ GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+ON CONFLICT (hour, sender_id, conversation_id)
+DO UPDATE SET message_count = a.message_count + EXCLUDED.message_count
 """
 
 

@@ -104,7 +104,10 @@ def load(base: str, calls: list[HttpCall], concurrency: int, budget: Budget) -> 
 
 async def _load(base: str, calls: list[HttpCall], concurrency: int, budget: Budget) -> Stats:
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx2.AsyncClient(base_url=base, limits=limits, timeout=60.0) as client:
+    # No limit on waiting for a pooled connection: with slow reports and 32
+    # clients, a request may queue behind many others; that wait is measured.
+    timeout = httpx2.Timeout(120.0, pool=None)
+    async with httpx2.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
 
         async def once(call: HttpCall) -> None:
             response = await client.request(

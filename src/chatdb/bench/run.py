@@ -60,18 +60,18 @@ class Budgets:
     def make(quick: bool) -> Budgets:
         if quick:
             return Budgets(
-                read=Budget(samples=60, seconds=1.0, warmup=10, min_samples=10),
-                slow=Budget(samples=5, seconds=1.0, warmup=1, min_samples=3),
-                concurrent=Budget(samples=80, seconds=0.5, warmup=8, min_samples=8),
-                http=Budget(samples=64, seconds=0.5, warmup=8, min_samples=8),
-                send=Budget(samples=80, seconds=0.5, warmup=8, min_samples=8),
+                read=Budget(samples=30, seconds=0.5, warmup=5, min_samples=5),
+                slow=Budget(samples=3, seconds=0.5, warmup=0, min_samples=2),
+                concurrent=Budget(samples=40, seconds=0.3, warmup=8, min_samples=8),
+                http=Budget(samples=32, seconds=0.3, warmup=4, min_samples=8),
+                send=Budget(samples=40, seconds=0.3, warmup=8, min_samples=8),
             )
         return Budgets(
-            read=Budget(samples=3_000, seconds=8.0, warmup=200, min_samples=30),
-            slow=Budget(samples=40, seconds=10.0, warmup=1, min_samples=3),
-            concurrent=Budget(samples=8_000, seconds=4.0, warmup=200, min_samples=40),
-            http=Budget(samples=6_000, seconds=5.0, warmup=100, min_samples=40),
-            send=Budget(samples=8_000, seconds=5.0, warmup=100, min_samples=40),
+            read=Budget(samples=3_000, seconds=3.0, warmup=200, min_samples=30),
+            slow=Budget(samples=40, seconds=6.0, warmup=1, min_samples=3),
+            concurrent=Budget(samples=8_000, seconds=2.0, warmup=200, min_samples=40),
+            http=Budget(samples=6_000, seconds=2.0, warmup=100, min_samples=40),
+            send=Budget(samples=8_000, seconds=3.0, warmup=100, min_samples=40),
         )
 
 
@@ -436,7 +436,7 @@ def run(
     finally:
         floor.close()
     if with_http:
-        _http(result, url, ops, targets, auth, admin_key, budgets, progress)
+        _http(result, url, ops, targets, auth, admin_key, budgets, progress, quick=quick)
     engine.dispose()
     result.checks = _checks(result)
     return result
@@ -562,6 +562,8 @@ def _http(
     admin_key: str,
     budgets: Budgets,
     progress: Progress,
+    *,
+    quick: bool,
 ) -> None:
     with http.serve(url, admin_key) as base:
         for op in ops:
@@ -570,7 +572,8 @@ def _http(
             entry = result.reads[op.name]
             for clients in HTTP_CLIENTS:
                 progress(f"HTTP: {op.label}, {clients} client(s)")
-                budget = budgets.http
+                slow = op.name.startswith("activity") and not quick
+                budget = budgets.slow if slow else budgets.http
                 stats = http.load(base, [op.http], clients, budget)
                 entry["http"][str(clients)] = _stats(stats)
             best = max(entry["http"].values(), key=lambda s: s["throughput"])

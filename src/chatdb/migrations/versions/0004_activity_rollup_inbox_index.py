@@ -1,11 +1,14 @@
-"""activity rollup (messages per sender per UTC hour, kept by triggers); inbox index
+"""activity rollup (messages per sender, conversation and UTC hour); inbox index
 
 Revision ID: 0004
 Revises: 0002
 Create Date: 2026-11-24 19:10:00
 
 The activity report (messages per user per local day) read every message of
-the range; it now sums this rollup, which has one row per sender and hour.
+the range; it now sums this rollup, one row per sender, conversation and hour.
+The conversation is in the key so that a send touches only a row that sends to
+its conversation already serialise on (the conversation row's lock): one user's
+sends to different conversations still run in parallel.
 Statement-level triggers with transition tables keep it exact in the same
 transaction as every write to messages: sends, seeds, edits, deletes cascading
 from a conversation, and ON DELETE SET NULL from a deleted user.
@@ -32,26 +35,33 @@ depends_on: str | Sequence[str] | None = None
 # conflict. date_trunc in UTC: the session's time zone must not move buckets.
 _APPLY_DELTAS = """
         WITH d AS (
-            SELECT hour, sender_id, sum(n) AS n FROM ({rows}) r
-             GROUP BY 1, 2 HAVING sum(n) <> 0
+            SELECT hour, sender_id, conversation_id, sum(n) AS n FROM ({rows}) r
+             GROUP BY 1, 2, 3 HAVING sum(n) <> 0
         ), locked AS (
             SELECT a.ctid AS row_id, d.n
               FROM message_activity a
-              JOIN d ON a.hour = d.hour AND a.sender_id IS NOT DISTINCT FROM d.sender_id
+              JOIN d ON a.hour = d.hour AND a.conversation_id = d.conversation_id
+                    AND a.sender_id IS NOT DISTINCT FROM d.sender_id
              WHERE d.n < 0
-             ORDER BY a.hour, a.sender_id
+             ORDER BY a.hour, a.sender_id, a.conversation_id
                FOR UPDATE OF a
         ), lowered AS (
             UPDATE message_activity a SET message_count = a.message_count + locked.n
               FROM locked WHERE a.ctid = locked.row_id
         )
-        INSERT INTO message_activity AS a (hour, sender_id, message_count)
-        SELECT hour, sender_id, n FROM d WHERE n > 0 ORDER BY 1, 2
-        ON CONFLICT (hour, sender_id)
+        INSERT INTO message_activity AS a (hour, sender_id, conversation_id, message_count)
+        SELECT hour, sender_id, conversation_id, n FROM d WHERE n > 0 ORDER BY 1, 2, 3
+        ON CONFLICT (hour, sender_id, conversation_id)
         DO UPDATE SET message_count = a.message_count + EXCLUDED.message_count;"""
 
-_NEW = "SELECT date_trunc('hour', created_at, 'UTC') AS hour, sender_id, 1 AS n FROM new_rows"
-_OLD = "SELECT date_trunc('hour', created_at, 'UTC') AS hour, sender_id, -1 AS n FROM old_rows"
+_NEW = (
+    "SELECT date_trunc('hour', created_at, 'UTC') AS hour, sender_id, conversation_id, "
+    "1 AS n FROM new_rows"
+)
+_OLD = (
+    "SELECT date_trunc('hour', created_at, 'UTC') AS hour, sender_id, conversation_id, "
+    "-1 AS n FROM old_rows"
+)
 
 ROLLUP_FUNCTION = f"""
 CREATE FUNCTION chatdb_message_activity() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -79,6 +89,7 @@ def upgrade() -> None:
         "message_activity",
         sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sender_id", sa.BigInteger(), nullable=True),
+        sa.Column("conversation_id", sa.BigInteger(), nullable=False),
         sa.Column("message_count", sa.BigInteger(), nullable=False),
         sa.CheckConstraint(
             "message_count >= 0", name=op.f("ck_message_activity_message_count_nonnegative")
@@ -87,9 +98,9 @@ def upgrade() -> None:
         postgresql_with={"fillfactor": "70"},
     )
     op.create_index(
-        "uq_message_activity_hour_sender_id",
+        "uq_message_activity_hour_sender_id_conversation_id",
         "message_activity",
-        ["hour", "sender_id"],
+        ["hour", "sender_id", "conversation_id"],
         unique=True,
         postgresql_nulls_not_distinct=True,
     )
@@ -97,9 +108,9 @@ def upgrade() -> None:
     # tens of millions of messages; this transaction alone lifts it.
     op.execute("SET LOCAL statement_timeout = 0")
     op.execute(
-        "INSERT INTO message_activity (hour, sender_id, message_count) "
-        "SELECT date_trunc('hour', created_at, 'UTC'), sender_id, count(*) "
-        "FROM messages GROUP BY 1, 2"
+        "INSERT INTO message_activity (hour, sender_id, conversation_id, message_count) "
+        "SELECT date_trunc('hour', created_at, 'UTC'), sender_id, conversation_id, count(*) "
+        "FROM messages GROUP BY 1, 2, 3"
     )
     op.execute(ROLLUP_FUNCTION)
     op.create_index(
@@ -120,5 +131,7 @@ def downgrade() -> None:
         op.execute(f"DROP TRIGGER {name} ON messages")
     op.execute("DROP FUNCTION chatdb_message_activity()")
     op.drop_index("ix_conversations_last_activity_at_id", table_name="conversations")
-    op.drop_index("uq_message_activity_hour_sender_id", table_name="message_activity")
+    op.drop_index(
+        "uq_message_activity_hour_sender_id_conversation_id", table_name="message_activity"
+    )
     op.drop_table("message_activity")
