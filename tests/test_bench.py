@@ -65,7 +65,7 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
         assert_stats(entry["floor_parallel"], concurrency=8)
         assert_stats(entry["floor_with_round_trips"])
         assert set(entry["data_layer_vs_floor"]) == {"p50", "p95", "p99"}
-        assert set(entry["http"]) == {"1", "8", "32"}
+        assert set(entry["http"]) == set(entry["http_refused"]) == {"1", "8", "32"}
         for clients, stats in entry["http"].items():
             assert_stats(stats, concurrency=int(clients))
         assert entry["http_vs_floor"]["throughput_share"] > 0

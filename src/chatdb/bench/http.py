@@ -96,30 +96,41 @@ def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Any) -> None:
     raise RuntimeError("the API server did not become ready within 60 s")
 
 
-def load(base: str, calls: list[HttpCall], concurrency: int, budget: Budget) -> Stats:
+def load(base: str, calls: list[HttpCall], concurrency: int, budget: Budget) -> tuple[Stats, int]:
     """`concurrency` clients, each with its own keep-alive connection, calling in
-    a loop (client i uses calls[i % len(calls)]) until the budget is spent."""
+    a loop (client i uses calls[i % len(calls)]) until the budget is spent.
+    Returns the latencies of answered requests and how many were refused with
+    503 (the app's answer when every pooled connection stays busy)."""
     return asyncio.run(_load(base, calls, concurrency, budget))
 
 
-async def _load(base: str, calls: list[HttpCall], concurrency: int, budget: Budget) -> Stats:
+async def _load(
+    base: str, calls: list[HttpCall], concurrency: int, budget: Budget
+) -> tuple[Stats, int]:
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     # No limit on waiting for a pooled connection: with slow reports and 32
     # clients, a request may queue behind many others; that wait is measured.
     timeout = httpx2.Timeout(120.0, pool=None)
+    refused = 0
     async with httpx2.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
 
-        async def once(call: HttpCall) -> None:
+        async def once(call: HttpCall) -> bool:
+            nonlocal refused
             response = await client.request(
                 call.method, call.path, headers=call.headers, json=call.json, params=call.params
             )
+            if response.status_code == 503:
+                refused += 1
+                return False
             if response.status_code != call.expect:
                 raise RuntimeError(
                     f"{call.method} {call.path}: {response.status_code} {response.text[:300]}"
                 )
+            return True
 
         warm = [calls[i % len(calls)] for i in range(max(budget.warmup, concurrency))]
         await asyncio.gather(*(once(c) for c in warm))
+        refused = 0
         latencies: list[int] = []
         per_client = max(1, budget.samples // concurrency)
         clock = time.perf_counter_ns
@@ -131,12 +142,13 @@ async def _load(base: str, calls: list[HttpCall], concurrency: int, budget: Budg
             done = 0
             while done < per_client:
                 t0 = clock()
-                await once(call)
+                answered = await once(call)
                 t1 = clock()
-                latencies.append(t1 - t0)
+                if answered:
+                    latencies.append(t1 - t0)
                 done += 1
                 if t1 > deadline and len(latencies) >= budget.min_samples:
                     return
 
         await asyncio.gather(*(client_loop(i) for i in range(concurrency)))
-        return summarize(latencies, (clock() - started) / 1e9, concurrency)
+        return summarize(latencies, (clock() - started) / 1e9, concurrency), refused

@@ -63,11 +63,13 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
             cells = []
             for c in clients:
                 h = entry["http"].get(str(c))
-                cells.append(
+                refused = entry.get("http_refused", {}).get(str(c), 0)
+                cell = (
                     f"{_ms(h['p50_ms'])} / {_ms(h['p99_ms'])}  {h['throughput']:,.0f}/s"
                     if h
                     else ""
                 )
+                cells.append(f"{cell}  ({refused} refused: 503)" if refused else cell)
             share = entry.get("http_vs_floor", {}).get("throughput_share")
             table.add_row(
                 entry["label"],

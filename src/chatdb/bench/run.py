@@ -430,6 +430,7 @@ def run(
                 "data_layer_vs_floor_with_round_trips": store_stats.ratio(round_trips),
                 "floor_parallel": _stats(floor_parallel),
                 "http": {},
+                "http_refused": {},
             }
         _comparisons(result, floor, targets, budgets, progress)
         _sends(result, engine, url, targets, budgets, progress)
@@ -508,6 +509,7 @@ def _sends(
         "floor": {},
         "data_layer": {},
         "http": {},
+        "http_refused": {},
     }
     for workers in (1, THREADS):
         progress(f"sends: {workers} sender(s)")
@@ -574,8 +576,9 @@ def _http(
                 progress(f"HTTP: {op.label}, {clients} client(s)")
                 slow = op.name.startswith("activity") and not quick
                 budget = budgets.slow if slow else budgets.http
-                stats = http.load(base, [op.http], clients, budget)
+                stats, refused = http.load(base, [op.http], clients, budget)
                 entry["http"][str(clients)] = _stats(stats)
+                entry["http_refused"][str(clients)] = refused
             best = max(entry["http"].values(), key=lambda s: s["throughput"])
             entry["http_vs_floor"] = {
                 "p50_at_1_client": round(
@@ -597,9 +600,9 @@ def _http(
         ]
         for clients in HTTP_CLIENTS:
             progress(f"HTTP: send, {clients} client(s)")
-            result.writes["send"]["http"][str(clients)] = _stats(
-                http.load(base, sends, clients, budgets.send)
-            )
+            stats, refused = http.load(base, sends, clients, budgets.send)
+            result.writes["send"]["http"][str(clients)] = _stats(stats)
+            result.writes["send"]["http_refused"][str(clients)] = refused
 
 
 # --- the targets -----------------------------------------------------------------
