@@ -67,7 +67,10 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
         assert set(entry["data_layer_vs_floor"]) == {"p50", "p95", "p99"}
         assert set(entry["http"]) == set(entry["http_refused"]) == {"1", "8", "32"}
         for clients, stats in entry["http"].items():
-            assert_stats(stats, concurrency=int(clients))
+            # On a busy machine a slow report may find every pooled connection
+            # taken: the app answers 503 (counted), which is not a broken bench.
+            if stats["samples"] or not entry["http_refused"][clients]:
+                assert_stats(stats, concurrency=int(clients))
         assert entry["http_vs_floor"]["throughput_share"] > 0
 
     send = report["writes"]["send"]
