@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import platform
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -659,7 +658,3 @@ def _checks(result: Result) -> list[dict[str, Any]]:
     load = result.dataset["load_seconds"]
     check(f"load the {result.size} dataset", "≤ 90 s (large)", load, load <= 90.0, "s")
     return checks
-
-
-def elapsed(started: float) -> float:
-    return round(time.perf_counter() - started, 1)
