@@ -112,6 +112,8 @@ MATRIX: dict[str, dict[str, int]] = {
     # public
     "GET /healthz": {ANON: 200, OUTSIDER: 200, MEMBER: 200, OWNER: 200, ADMIN: 200},
     "GET /readyz": {ANON: 200, OUTSIDER: 200, MEMBER: 200, OWNER: 200, ADMIN: 200},
+    # operations: Prometheus scrapes with the admin key
+    "GET /metrics": {ANON: 401, OUTSIDER: 403, MEMBER: 403, OWNER: 403, ADMIN: 200},
     # the web client: its page, and its sign-in hint (404 unless serving demo data)
     "GET /": {ANON: 200, OUTSIDER: 200, MEMBER: 200, OWNER: 200, ADMIN: 200},
     "GET /v1/demo": {ANON: 404, OUTSIDER: 404, MEMBER: 404, OWNER: 404, ADMIN: 404},

@@ -32,6 +32,7 @@ DISTRIBUTED = {
     "conversation_members": "conversation_id",
     "messages": "conversation_id",
     "changes": "conversation_id",
+    "message_activity": "conversation_id",
     "sign_in_failures": "key_hash",
 }
 REFERENCE = {"users", "auth_tokens"}

@@ -17,7 +17,7 @@ from tests.conftest import create_database, drop_database
 
 
 def run_chatdb(
-    *args: str, env: dict[str, str], cwd: Path | None = None
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chatdb", *args],
@@ -25,7 +25,7 @@ def run_chatdb(
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 

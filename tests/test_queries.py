@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from chatdb import models, store
 from chatdb.errors import Invalid
+from chatdb.store import reports
 from chatdb.store.types import ActivityRow, Conversation, InboxCursor, InboxEntry, User
 from tests.factories import make_group, make_user, send
 
@@ -441,3 +442,28 @@ def test_inactive_users_limits(session: Session) -> None:
             store.inactive_users(session=session, days=days)
     with pytest.raises(Invalid):
         store.inactive_users(session=session, limit=0)
+
+
+@pytest.mark.parametrize("walk_from", [0, 10_000])
+def test_inbox_both_ways_give_the_same_pages(
+    session: Session, monkeypatch: pytest.MonkeyPatch, walk_from: int
+) -> None:
+    """A member of many conversations gets the inbox by walking conversations
+    newest first, others by their memberships: the pages are the same."""
+    me, other = make_user(session), make_user(session)
+    mine = [make_group(session, me, other, title=f"g{i}") for i in range(7)]
+    make_group(session, other, title="not mine")
+    for group in mine[::2]:
+        send(session, group, other, "hi")
+    expected = store.inbox(session=session, user_id=me.id, limit=200).entries
+    assert len(expected) == 7
+    monkeypatch.setattr(reports, "INBOX_WALK_FROM", walk_from)
+    seen = []
+    cursor = None
+    while True:
+        page = store.inbox(session=session, user_id=me.id, before=cursor, limit=3)
+        seen += page.entries
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == expected

@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.status import Status
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -1094,6 +1096,82 @@ def restore_command(
     tool = backup.restore(engine, database_url(), file, embedded=get_settings().embedded)
     engine.dispose()
     console.print(f"restored from {file} ({tool.path})", highlight=False)
+
+
+# --- the benchmark ---
+
+
+class BenchSize(StrEnum):
+    small = "small"
+    medium = "medium"
+    large = "large"
+
+
+def _bench_status(status: Status, size: str, step: str) -> None:
+    status.update(f"{size}: {step}")
+
+
+@app.command("bench")
+def bench_command(
+    size: Annotated[
+        list[BenchSize] | None,
+        typer.Option(help="Dataset size; repeat for several (small 100k, medium 1M, large 10M)."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Few samples: checks the command, not speed.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Where the JSON reports and PNG plots go.")] = Path(
+        "bench-results"
+    ),
+    with_http: Annotated[
+        bool, typer.Option("--http/--no-http", help="Also measure the API under uvicorn.")
+    ] = True,
+    reload: Annotated[
+        bool, typer.Option(help="Load the dataset again even if an identical one is there.")
+    ] = False,
+    database: Annotated[
+        str | None,
+        typer.Option(help="Database name for the dataset (default chatdb_bench_SIZE)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure chatdb: p50/p95/p99 and throughput per operation, against the bare-driver floor.
+
+    Each size is loaded once (with `chatdb seed`) into a database of its own on
+    the server in use, and reused by later runs.
+    """
+    from chatdb import bench
+
+    sizes = list(dict.fromkeys(size or [BenchSize.small]))
+    if database is not None and len(sizes) > 1:
+        fail("--database names one database; give one --size with it")
+    engine_ready(need_schema=False)
+    server = database_url()
+    reports = []
+    for chosen in sizes:
+        with _progress_bar() as seed_progress:
+            dataset = bench.ensure_dataset(
+                server, chosen.value, reload=reload, progress=seed_progress, database=database
+            )
+        with errors.status(f"benchmark ({chosen.value})") as status:
+            result = bench.run(
+                dataset,
+                quick=quick,
+                with_http=with_http,
+                progress=partial(_bench_status, status, chosen.value),
+            )
+        report = result.as_json()
+        path = bench.write_json(out, report)
+        plots = bench.draw_plots(out, report)
+        reports.append(report)
+        if not as_json:
+            bench.print_tables(console, report)
+            written = ", ".join(str(p) for p in (path, *plots))
+            console.print(f"Wrote {written}", highlight=False)
+            if not plots:
+                console.print("No plots: install matplotlib (pip install 'chatdb[bench]').")
+    if as_json:
+        print_json(reports[0] if len(reports) == 1 else reports)
 
 
 # --- the HTTP API ---

@@ -163,8 +163,13 @@ def make_engine(url: URL, settings: Settings | None = None) -> Engine:
         "connect_timeout": settings.connect_timeout_seconds,
         "application_name": "chatdb",
     }
+    # No parallel query: chatdb's queries take milliseconds, and starting workers
+    # costs more than that (PostgreSQL starts them even for a branch a one-time
+    # filter then skips, as the inbox's).
+    options = ["-c max_parallel_workers_per_gather=0"]
     if settings.statement_timeout_ms:
-        connect_args["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
+        options.append(f"-c statement_timeout={settings.statement_timeout_ms}")
+    connect_args["options"] = " ".join(options)
     engine = create_engine(
         url,
         pool_size=settings.pool_size,

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
     DateTime,
     ForeignKey,
     Identity,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Table,
     Text,
     func,
     text,
@@ -133,6 +135,8 @@ class Conversation(Base):
             "deleted_at",
             postgresql_where=text("deleted_at IS NOT NULL"),
         ),
+        # The inbox of a member of thousands of conversations: newest first, keep theirs.
+        Index("ix_conversations_last_activity_at_id", "last_activity_at", "id"),
     )
 
 
@@ -212,6 +216,34 @@ class Message(Base):
             postgresql_where=text("deleted_at IS NOT NULL AND body <> ''"),
         ),
     )
+
+
+# Messages per sender, conversation and UTC hour, for the activity report:
+# summing these rows is what the report costs, not reading every message of the
+# range. Kept exact by triggers on messages, in the same transaction as each
+# write (see migration 0004). Hours, not days: a local day in any zone whose
+# offset is whole hours is a set of whole UTC hours. The conversation is in the
+# key so that a send only touches a row that sends to its conversation already
+# serialise on; one user's sends to different conversations stay parallel.
+# sender_id NULL holds messages of deleted users; so no primary key (the unique
+# index treats NULLs as equal).
+message_activity = Table(
+    "message_activity",
+    Base.metadata,
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("sender_id", BigInteger, nullable=True),
+    Column("conversation_id", BigInteger, nullable=False),
+    Column("message_count", BigInteger, nullable=False),
+    CheckConstraint("message_count >= 0", name="message_count_nonnegative"),
+    Index(
+        "uq_message_activity_hour_sender_id_conversation_id",
+        "hour",
+        "sender_id",
+        "conversation_id",
+        unique=True,
+        postgresql_nulls_not_distinct=True,
+    ),
+)
 
 
 CHANGE_KINDS = (

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -19,6 +20,7 @@ from chatdb.api.cursors import CursorCodec
 from chatdb.api.deps import Caller
 from chatdb.api.errors import ApiError, problem
 from chatdb.api.events import ChangeHub
+from chatdb.api.metrics import Metrics, RequestTimer
 from chatdb.api.routes import change_out, router
 from chatdb.api.web_routes import WebFiles
 from chatdb.api.web_routes import router as web_router
@@ -36,6 +38,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         [make_engine(normalize_url(url), settings) for url in settings.replica_urls],
         settings.replica_retry_seconds,
     )
+    metrics = Metrics(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +48,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         finally:
             await hub.stop()
             read_router.dispose()
+            metrics.close()
 
     app = FastAPI(
         title="chatdb",
@@ -57,8 +61,11 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app.state.cursors = CursorCodec(settings.admin_key)
     app.state.hub = hub
     app.state.read_router = read_router
+    app.state.metrics = metrics
     errors.install(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    # Outermost, so refused bodies and errors are timed too.
+    app.add_middleware(RequestTimer, metrics=metrics)
     app.include_router(router)
     app.include_router(web_router)
     app.mount("/web", WebFiles(), name="web")
@@ -79,6 +86,22 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         if current != migrate.head_revision():
             raise ApiError(503, "schema_outdated", "the database schema is not current")
         return schemas.Health(status="ready", schema_revision=current)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST: {}}},
+            401: {"model": schemas.Problem},
+            403: {"model": schemas.Problem},
+        },
+    )
+    def prometheus_metrics(caller: Caller) -> Response:
+        """Prometheus metrics (admin key): request latency per route template,
+        the connection pool (in use, idle, waiting), database round trips."""
+        caller.require_admin()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/v1/events",

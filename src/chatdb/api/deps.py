@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from chatdb import store
 from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
+from chatdb.api.metrics import Metrics
 from chatdb.config import Settings
 from chatdb.db import retry_if_connection_lost, session_factory
 from chatdb.replicas import ReadRouter
@@ -29,6 +30,7 @@ class Database:
     engine: Engine
     router: ReadRouter
     request: Request
+    metrics: Metrics | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -36,6 +38,7 @@ class Database:
         back on error."""
         with session_factory(self.engine)() as session:
             with session.begin():
+                self._connect(session)
                 yield session
             writer = self._caller()
             if writer is not None and self.router.enabled and self.request.method != "GET":
@@ -46,7 +49,14 @@ class Database:
         """For reads that may lag: a replica that has seen the caller's own
         writes, or the primary. Without replicas, the same as transaction()."""
         with self.router.read_transaction(self._caller()) as session:
+            self._connect(session)
             yield session
+
+    def _connect(self, session: Session) -> None:
+        if self.metrics is not None:
+            # Take the connection now, so time spent waiting for one is seen.
+            with self.metrics.waiting_for_connection():
+                session.connection()
 
     def transaction_retried(self, work: Callable[[Session], T]) -> T:
         """`work` in a transaction, run again if the connection is lost on the
@@ -87,7 +97,12 @@ class Principal:
 
 
 def get_database(request: Request) -> Database:
-    return Database(request.app.state.engine, request.app.state.read_router, request)
+    return Database(
+        request.app.state.engine,
+        request.app.state.read_router,
+        request,
+        request.app.state.metrics,
+    )
 
 
 def get_settings_dep(request: Request) -> Settings:

@@ -6,7 +6,9 @@ therefore commit one after another, so seqs are gapless and in commit order:
 a reader that has seen seq N and asks for "after N" never misses a message.
 """
 
-from sqlalchemy import func, select, text, update
+from functools import lru_cache
+
+from sqlalchemy import BigInteger, Integer, bindparam, exists, func, select, text, true, update
 from sqlalchemy.orm import Session
 
 from chatdb import models
@@ -59,7 +61,7 @@ def _clean_body(body: str) -> str:
 # conversation row until commit; that lock is what makes seqs gapless and
 # ordered. The same statement logs the change (next change_seq, same lock) and
 # moves the sender's read marker to their own message.
-_SEND_SQL = text("""
+SEND_SQL = text("""
 WITH counter AS (
     UPDATE conversations
        SET last_seq = last_seq + 1, last_change_seq = last_change_seq + 1,
@@ -117,7 +119,7 @@ def send_message(
             return SendResult(replay, created=False)
     with translated_errors():
         row = session.execute(
-            _SEND_SQL,
+            SEND_SQL,
             {
                 "conversation_id": conversation_id,
                 "sender_id": sender_id,
@@ -210,43 +212,114 @@ def list_messages(
     limit = page_limit(limit)
     if before is not None and after is not None:
         raise Invalid("give either before or after, not both")
-    _require_member(session, conversation_id, actor_id)
-
-    # One row more than asked tells whether there is another page.
-    rows = session.execute(page_statement(conversation_id, before, after, limit)).all()
+    # One statement, so one round trip: the membership check, the page and the
+    # conversation's last seq (for has_newer) come back together.
+    template, params = _page_query(conversation_id, before, after, limit, actor_id)
+    rows = session.execute(template, params).all()
+    if not rows:
+        # The conversation is missing or the actor is not a member: both read as
+        # "not found", so a non-member learns nothing.
+        raise NotFound(f"no conversation with id {conversation_id}")
+    last_seq: int = rows[0].conversation_last_seq
+    # One row more than asked tells whether there is another page. A page with
+    # no messages is one row whose message columns are NULL.
+    found = [r for r in rows if r.seq is not None]
     if after is not None:
-        has_newer = len(rows) > limit
-        messages = [_message(r) for r in rows[:limit]]
+        has_newer = len(found) > limit
+        messages = [_message(r) for r in found[:limit]]
         has_older = after > 0
     else:
-        has_older = len(rows) > limit
-        messages = [_message(r) for r in reversed(rows[:limit])]
-        has_newer = before is not None and _exists_after(
-            session, conversation_id, messages[-1].seq if messages else before - 1
-        )
+        has_older = len(found) > limit
+        messages = [_message(r) for r in reversed(found[:limit])]
+        has_newer = before is not None and last_seq > (messages[-1].seq if messages else before - 1)
     return MessagePage(messages=messages, has_older=has_older, has_newer=has_newer)
 
 
 def page_statement(
-    conversation_id: int, before: int | None = None, after: int | None = None, limit: int = 20
+    conversation_id: int,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 20,
+    *,
+    actor_id: int | None = None,
 ) -> AnySelect:
-    """The SQL of a message page: a range scan of the primary key
-    (conversation_id, seq), `limit` + 1 rows, newest first unless paging forward."""
-    query = _select_messages().where(M.conversation_id == conversation_id)
+    """The SQL of a message page, in one statement, with its parameters bound.
+
+    The conversation row (only if `actor_id` is a member, when given) left-joined
+    to the page: a range scan of the primary key (conversation_id, seq) for
+    `limit` + 1 rows, newest first unless paging forward. No row at all: no such
+    conversation for this actor; one row of NULL messages: an empty page.
+    """
+    template, params = _page_query(conversation_id, before, after, limit, actor_id)
+    return template.params(params)
+
+
+def _page_query(
+    conversation_id: int, before: int | None, after: int | None, limit: int, actor_id: int | None
+) -> tuple[AnySelect, dict[str, int]]:
+    params = {"conversation_id": conversation_id, "page_rows": limit + 1}
     if after is not None:
-        seq_value(after, field="after")
-        return query.where(M.seq > after).order_by(M.seq).limit(limit + 1)
-    if before is not None:
-        seq_value(before, field="before")
-        query = query.where(M.seq < before)
-    return query.order_by(M.seq.desc()).limit(limit + 1)
+        params["cursor"] = seq_value(after, field="after")
+        direction = "after"
+    elif before is not None:
+        params["cursor"] = seq_value(before, field="before")
+        direction = "before"
+    else:
+        direction = "newest"
+    if actor_id is not None:
+        params["actor_id"] = actor_id
+    return _page_template(direction, actor_id is not None), params
 
 
-def _exists_after(session: Session, conversation_id: int, seq: int) -> bool:
-    last_seq: int | None = session.execute(
-        select(models.Conversation.last_seq).where(models.Conversation.id == conversation_id)
-    ).scalar_one_or_none()
-    return last_seq is not None and last_seq > seq
+@lru_cache(maxsize=8)
+def _page_template(direction: str, for_member: bool) -> AnySelect:
+    """Built once per shape, with bind parameters, from Core tables: building a
+    statement with subqueries and running it through the ORM layer cost more
+    than the query itself (a few hundred microseconds per page)."""
+    conversations, members = models.Conversation.__table__.c, models.ConversationMember.__table__.c
+    messages, users = M.__table__.c, U.__table__.c
+    conversation_id = bindparam("conversation_id", type_=BigInteger)
+    # A deleted conversation is not found, for operators too.
+    conversation = select(
+        conversations.id, conversations.last_seq.label("conversation_last_seq")
+    ).where(conversations.id == conversation_id, conversations.deleted_at.is_(None))
+    if for_member:
+        conversation = conversation.where(
+            exists().where(
+                members.conversation_id == conversation_id,
+                members.user_id == bindparam("actor_id", type_=BigInteger),
+            )
+        )
+    target = conversation.subquery("conversation")
+    page = (
+        select(
+            messages.conversation_id,
+            messages.seq,
+            messages.sender_id,
+            users.username.label("sender_username"),
+            users.display_name.label("sender_display_name"),
+            messages.body,
+            messages.created_at,
+            messages.edited_at,
+            messages.deleted_at,
+        )
+        .select_from(M.__table__.outerjoin(U.__table__, users.id == messages.sender_id))
+        .where(messages.conversation_id == conversation_id)
+    )
+    cursor = bindparam("cursor", type_=BigInteger)
+    if direction == "after":
+        page = page.where(messages.seq > cursor).order_by(messages.seq)
+    elif direction == "before":
+        page = page.where(messages.seq < cursor).order_by(messages.seq.desc())
+    else:
+        page = page.order_by(messages.seq.desc())
+    page_sq = page.limit(bindparam("page_rows", type_=Integer)).subquery("page")
+    order = page_sq.c.seq if direction == "after" else page_sq.c.seq.desc()
+    return (
+        select(target.c.conversation_last_seq, *page_sq.c)
+        .select_from(target.outerjoin(page_sq, true()))
+        .order_by(order)
+    )
 
 
 def _lock_message(session: Session, conversation_id: int, seq: int) -> AnyRow:

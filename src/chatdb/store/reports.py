@@ -5,20 +5,29 @@ messages.list_messages.) Every function runs in the caller's transaction.
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
     and_,
+    bindparam,
     case,
     cast,
+    exists,
     func,
+    literal,
+    literal_column,
     select,
     true,
     tuple_,
+    union_all,
 )
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import Date
@@ -41,6 +50,7 @@ C = models.Conversation
 CM = models.ConversationMember
 M = models.Message
 U = models.User
+A = models.message_activity.c
 
 MAX_ACTIVITY_DAYS = 366
 
@@ -48,38 +58,108 @@ MAX_ACTIVITY_DAYS = 366
 # --- the inbox ---
 
 
-def inbox_statement(user_id: int, before: InboxCursor | None = None, limit: int = 20) -> AnySelect:
-    """A user's conversations, newest activity first, with the last message.
+# Members of at least this many conversations get their inbox by walking all
+# conversations newest first and keeping theirs (about 21 x conversations / theirs
+# membership probes), not by sorting every conversation they are in (one probe
+# each): past about a thousand, the walk is cheaper.
+INBOX_WALK_FROM = 1000
 
-    The inner query picks one page of conversations through the user's
-    memberships (index on conversation_members.user_id); only then are the
-    page's last messages fetched, each by primary key (conversation_id, seq).
-    """
-    page = (
-        select(
-            C.id,
-            C.kind,
-            C.title,
-            C.last_seq,
-            C.last_activity_at,
-            C.direct_user_low_id,
-            C.direct_user_high_id,
-            CM.role,
-            CM.last_read_seq,
-        )
-        .join(CM, CM.conversation_id == C.id)
-        .where(CM.user_id == user_id, C.deleted_at.is_(None))
-        .order_by(C.last_activity_at.desc(), C.id.desc())
-        .limit(limit + 1)
-    )
+
+def inbox_statement(user_id: int, before: InboxCursor | None = None, limit: int = 20) -> AnySelect:
+    """A user's conversations, newest activity first, with the last message; its
+    parameters bound. See _inbox_template."""
+    template, params = _inbox_query(user_id, before, limit)
+    return template.params(params)
+
+
+def _inbox_query(
+    user_id: int, before: InboxCursor | None, limit: int
+) -> tuple[AnySelect, dict[str, Any]]:
+    params: dict[str, Any] = {
+        "user_id": user_id,
+        "page_rows": limit + 1,
+        "walk_from": INBOX_WALK_FROM,
+    }
     if before is not None:
-        page = page.where(
-            tuple_(C.last_activity_at, C.id)
-            < tuple_(before.last_activity_at, before.conversation_id)
+        params["cursor_at"] = before.last_activity_at
+        params["cursor_id"] = before.conversation_id
+    return _inbox_template(before is not None), params
+
+
+@lru_cache(maxsize=2)
+def _inbox_template(with_cursor: bool) -> AnySelect:
+    """The inbox in one statement, built once per shape.
+
+    First the page of conversations, one of two ways, chosen at run time by a
+    one-time filter (PostgreSQL runs only the branch whose filter holds):
+    - a member of few conversations: their memberships (index on
+      conversation_members.user_id), each conversation's activity by primary
+      key, the newest `limit` + 1 kept;
+    - a member of many (at least `walk_from`): conversations newest first (index
+      on (last_activity_at, id)), each checked for membership by primary key,
+      stopping after `limit` + 1.
+    Then, for the page only: the membership row (role, read marker), the last
+    message by primary key (conversation_id, seq), its sender, and for a direct
+    conversation the other user's name. No GROUP BY over messages.
+    """
+    conversations, members = C.__table__.c, CM.__table__.c
+    user_id = bindparam("user_id", type_=BigInteger)
+    page_rows = bindparam("page_rows", type_=Integer)
+    sample = (
+        select(literal(1))
+        .where(members.user_id == user_id)
+        .limit(bindparam("walk_from", type_=Integer))
+        .subquery("sample")
+    )
+    walk = select(func.count()).select_from(sample).scalar_subquery() >= bindparam(
+        "walk_from", type_=Integer
+    )
+    columns = (
+        conversations.id,
+        conversations.kind,
+        conversations.title,
+        conversations.last_seq,
+        conversations.last_activity_at,
+        conversations.direct_user_low_id,
+        conversations.direct_user_high_id,
+    )
+    newest_first = (conversations.last_activity_at.desc(), conversations.id.desc())
+    # OFFSET 0 keeps the memberships a subquery of their own: otherwise the planner
+    # may turn this branch into a walk too, which is slow for few memberships.
+    mine = (
+        select(members.conversation_id)
+        .where(members.user_id == user_id, ~walk)
+        .offset(literal_column("0"))
+        .subquery("mine")
+    )
+    # Deleted conversations leave the inbox (they can be restored for a while).
+    live = conversations.deleted_at.is_(None)
+    by_membership = (
+        select(*columns)
+        .select_from(mine.join(C.__table__, conversations.id == mine.c.conversation_id))
+        .where(live)
+    )
+    # OFFSET 0 keeps the membership check a per-row probe: as a semi-join, a
+    # generic plan (prepared statements) may drive it from the memberships again.
+    is_member = exists(
+        select(literal(1))
+        .where(members.conversation_id == conversations.id, members.user_id == user_id)
+        .offset(literal_column("0"))
+    )
+    by_walk = select(*columns).where(walk, live, is_member)
+    if with_cursor:
+        after_cursor = tuple_(conversations.last_activity_at, conversations.id) < tuple_(
+            bindparam("cursor_at", type_=DateTime(timezone=True)),
+            bindparam("cursor_id", type_=BigInteger),
         )
-    page_sq = page.subquery("page")
-    sender = aliased(U, name="sender")
-    other = aliased(U, name="other")
+        by_membership = by_membership.where(after_cursor)
+        by_walk = by_walk.where(after_cursor)
+    page_sq = union_all(
+        by_membership.order_by(*newest_first).limit(page_rows),
+        by_walk.order_by(*newest_first).limit(page_rows),
+    ).subquery("page")
+    member = CM.__table__.alias("member")
+    message, sender, other = M.__table__, U.__table__.alias("sender"), U.__table__.alias("other")
     other_id = case(
         (page_sq.c.direct_user_low_id == user_id, page_sq.c.direct_user_high_id),
         else_=page_sq.c.direct_user_low_id,
@@ -88,23 +168,35 @@ def inbox_statement(user_id: int, before: InboxCursor | None = None, limit: int 
         select(
             page_sq.c.id.label("conversation_id"),
             page_sq.c.kind,
-            func.coalesce(page_sq.c.title, other.display_name, other.username).label("title"),
-            page_sq.c.role,
+            func.coalesce(page_sq.c.title, other.c.display_name, other.c.username).label("title"),
+            member.c.role,
             page_sq.c.last_seq,
-            page_sq.c.last_read_seq,
+            member.c.last_read_seq,
             page_sq.c.last_activity_at,
-            M.seq.label("last_message_seq"),
-            M.body.label("last_message_body"),
-            M.sender_id.label("last_message_sender_id"),
-            func.coalesce(sender.display_name, sender.username).label("last_message_sender_name"),
-            M.created_at.label("last_message_at"),
-            M.deleted_at.label("last_message_deleted_at"),
+            message.c.seq.label("last_message_seq"),
+            message.c.body.label("last_message_body"),
+            message.c.sender_id.label("last_message_sender_id"),
+            func.coalesce(sender.c.display_name, sender.c.username).label(
+                "last_message_sender_name"
+            ),
+            message.c.created_at.label("last_message_at"),
+            message.c.deleted_at.label("last_message_deleted_at"),
         )
-        .select_from(page_sq)
-        .outerjoin(M, and_(M.conversation_id == page_sq.c.id, M.seq == page_sq.c.last_seq))
-        .outerjoin(sender, sender.id == M.sender_id)
-        .outerjoin(other, and_(page_sq.c.kind == "direct", other.id == other_id))
+        .select_from(
+            page_sq.join(
+                member, and_(member.c.conversation_id == page_sq.c.id, member.c.user_id == user_id)
+            )
+            .outerjoin(
+                message,
+                and_(
+                    message.c.conversation_id == page_sq.c.id, message.c.seq == page_sq.c.last_seq
+                ),
+            )
+            .outerjoin(sender, sender.c.id == message.c.sender_id)
+            .outerjoin(other, and_(page_sq.c.kind == "direct", other.c.id == other_id))
+        )
         .order_by(page_sq.c.last_activity_at.desc(), page_sq.c.id.desc())
+        .limit(page_rows)
     )
 
 
@@ -113,7 +205,8 @@ def inbox(
 ) -> InboxPage:
     positive_id(user_id, field="user id")
     limit = page_limit(limit)
-    rows = session.execute(inbox_statement(user_id, before, limit)).all()
+    template, params = _inbox_query(user_id, before, limit)
+    rows = session.execute(template, params).all()
     entries = [
         InboxEntry(
             conversation_id=r.conversation_id,
@@ -151,7 +244,10 @@ def activity_statement(start: date, end: date, tz: str, user_id: int | None = No
     """Messages sent per user per local day, days `start` to `end` inclusive in zone tz.
 
     The day boundaries are computed in the zone (so DST days have 23 or 25
-    hours) and the range is an index range scan on messages.created_at.
+    hours). When every boundary falls on a whole UTC hour (any zone whose offset
+    is whole hours), the counts are sums over the hourly rollup
+    message_activity; otherwise (India, Nepal, ...) the range is an index range
+    scan of messages.created_at. Both give the same answer.
     """
     zone = _zone(tz)
     if end < start:
@@ -159,18 +255,35 @@ def activity_statement(start: date, end: date, tz: str, user_id: int | None = No
     if (end - start).days >= MAX_ACTIVITY_DAYS:
         raise Invalid(f"the report covers at most {MAX_ACTIVITY_DAYS} days")
     try:
-        range_start = datetime.combine(start, time(), tzinfo=zone).astimezone(UTC)
-        range_end = datetime.combine(end + timedelta(days=1), time(), tzinfo=zone).astimezone(UTC)
+        boundaries = [
+            datetime.combine(start + timedelta(days=i), time(), tzinfo=zone).astimezone(UTC)
+            for i in range((end - start).days + 2)
+        ]
     except OverflowError as exc:  # the day after 9999-12-31, or year 1 east of UTC
         raise Invalid("the dates are out of the supported range") from exc
-    day = cast(func.timezone(tz, M.created_at), Date).label("day")
-    counts = (
-        select(M.sender_id, day, func.count().label("message_count"))
-        .where(M.created_at >= range_start, M.created_at < range_end)
-        .group_by(M.sender_id, day)
-    )
-    if user_id is not None:
-        counts = counts.where(M.sender_id == user_id)
+    range_start, range_end = boundaries[0], boundaries[-1]
+    if all(b.minute == b.second == b.microsecond == 0 for b in boundaries):
+        # No local midnight falls inside a UTC hour: each hour is in one local day.
+        day = cast(func.timezone(tz, A.hour), Date).label("day")
+        total = func.sum(A.message_count)
+        counts = (
+            select(A.sender_id, day, cast(total, BigInteger).label("message_count"))
+            .where(A.hour >= range_start, A.hour < range_end)
+            .group_by(A.sender_id, day)
+            # Rows that went to zero (deleted messages) are no activity.
+            .having(total > 0)
+        )
+        if user_id is not None:
+            counts = counts.where(A.sender_id == user_id)
+    else:
+        day = cast(func.timezone(tz, M.created_at), Date).label("day")
+        counts = (
+            select(M.sender_id, day, func.count().label("message_count"))
+            .where(M.created_at >= range_start, M.created_at < range_end)
+            .group_by(M.sender_id, day)
+        )
+        if user_id is not None:
+            counts = counts.where(M.sender_id == user_id)
     counts_sq = counts.subquery("counts")
     return (
         select(counts_sq.c.sender_id, U.username, counts_sq.c.day, counts_sq.c.message_count)

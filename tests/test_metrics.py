@@ -1,0 +1,143 @@
+"""GET /metrics: Prometheus text, request latency per route template, the pool,
+database round trips."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from chatdb.api.app import create_app
+from chatdb.db import make_engine
+from tests.api_support import Api, api_settings
+
+MESSAGES_ROUTE = "/v1/conversations/{conversation_id}/messages"
+
+
+def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, by name and labels."""
+    response = api.client.get("/metrics", headers=api.admin)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def request_count(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], route: str
+) -> float:
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "chatdb_http_request_duration_seconds_count" and ("route", route) in labels
+    )
+
+
+def round_trips(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], kind: str) -> float:
+    return samples[("chatdb_db_round_trips_total", (("kind", kind),))]
+
+
+def test_latency_is_recorded_per_route_template(api: Api) -> None:
+    alice, bob = api.account("alice"), api.account("bob")
+    first = api.group(alice, bob)
+    second = api.group(alice, bob)
+    for conversation in (first, second, first):
+        response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
+        assert response.status_code == 200
+    assert api.client.get("/no/such/path").status_code == 404
+
+    samples = scrape(api)
+    labels = (("method", "GET"), ("route", MESSAGES_ROUTE), ("status", "200"))
+    assert samples[("chatdb_http_request_duration_seconds_count", labels)] == 3
+    assert samples[("chatdb_http_request_duration_seconds_sum", labels)] > 0
+    buckets = [
+        value
+        for (name, sample_labels), value in samples.items()
+        if name == "chatdb_http_request_duration_seconds_bucket"
+        and ("route", MESSAGES_ROUTE) in sample_labels
+    ]
+    assert max(buckets) == 3  # the +Inf bucket holds them all
+    routes = {
+        dict(sample_labels)["route"]
+        for (name, sample_labels), _ in samples.items()
+        if name == "chatdb_http_request_duration_seconds_count"
+    }
+    # Templates only: no raw path (with an id in it) becomes a series of its own.
+    assert not any(re.search(r"/\d", route) for route in routes), routes
+    assert "(unmatched)" in routes
+
+
+def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
+    """A page of messages over HTTP is two statements: the token, then the page
+    (membership check and all), each in one transaction. (No lifespan here, so
+    the change reader's polls do not mix in.)"""
+    api = Api(TestClient(create_app(fresh_engine, api_settings())))
+    alice, bob = api.account("alice"), api.account("bob")
+    conversation = api.group(alice, bob)
+    api.send(alice, conversation, "hello")
+    before = scrape(api)
+    response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
+    assert response.status_code == 200
+    after = scrape(api)
+    assert round_trips(after, "statement") - round_trips(before, "statement") == 2
+    assert round_trips(after, "commit") - round_trips(before, "commit") == 2
+    assert round_trips(after, "rollback") == round_trips(before, "rollback")
+
+
+@pytest.fixture
+def one_connection_api(fresh_database: URL) -> Iterator[tuple[Api, Engine]]:
+    settings = api_settings(pool_size=1, pool_max_overflow=0, pool_timeout_seconds=10)
+    engine = make_engine(fresh_database, settings)
+    with TestClient(create_app(engine, settings), raise_server_exceptions=False) as client:
+        yield Api(client), engine
+    engine.dispose()
+
+
+def test_pool_in_use_idle_and_waiting(one_connection_api: tuple[Api, Engine]) -> None:
+    api, engine = one_connection_api
+    alice = api.account("alice")
+    samples = scrape(api)
+    assert samples[("chatdb_db_pool_size", ())] == 1
+    assert samples[("chatdb_db_pool_in_use", ())] == 0
+    assert samples[("chatdb_db_pool_idle", ())] == 1
+    assert samples[("chatdb_db_pool_waiting", ())] == 0
+
+    held = engine.connect()  # the only connection
+    statuses: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: statuses.append(api.client.get("/v1/me", headers=alice.auth).status_code)
+    )
+    waiter.start()
+    try:
+        # Wait (a bounded poll, not a timing claim) for the request to queue up.
+        for _ in range(200):
+            samples = scrape(api)
+            if samples[("chatdb_db_pool_waiting", ())] == 1:
+                break
+            time.sleep(0.02)
+        assert samples[("chatdb_db_pool_waiting", ())] == 1
+        assert samples[("chatdb_db_pool_in_use", ())] == 1
+        assert samples[("chatdb_db_pool_idle", ())] == 0
+    finally:
+        held.close()
+        waiter.join()
+    assert statuses == [200]
+    samples = scrape(api)
+    assert samples[("chatdb_db_pool_waiting", ())] == 0
+    assert samples[("chatdb_db_pool_in_use", ())] == 0
+
+
+def test_metrics_need_the_admin_key(api: Api) -> None:
+    assert api.client.get("/metrics").status_code == 401
+    alice = api.account("alice")
+    assert api.client.get("/metrics", headers=alice.auth).status_code == 403
