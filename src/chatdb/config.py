@@ -29,12 +29,6 @@ class Settings(BaseSettings):
     replica_retry_seconds: float = Field(
         default=5.0, gt=0, description="How long an unreachable replica is left out."
     )
-    message_partitions: int = Field(
-        default=0,
-        ge=0,
-        le=1024,
-        description="Hash partitions of messages, applied by migration 0005 (0: one table).",
-    )
     pool_size: int = Field(default=10, ge=1, le=1000)
     pool_max_overflow: int = Field(default=5, ge=0, le=1000)
     pool_timeout_seconds: float = Field(default=5.0, gt=0)
