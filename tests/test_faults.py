@@ -26,7 +26,6 @@ import pytest
 
 from tests.faults_support import (
     Person,
-    ResumingListener,
     Sender,
     ServeProcess,
     ThrowawayPostgres,
@@ -36,7 +35,7 @@ from tests.faults_support import (
     make_people_and_groups,
     stored_keys,
 )
-from tests.test_events import WAIT
+from tests.test_events import WAIT, ResumingListener
 
 POSTGRES_CYCLES = int(os.environ.get("CHATDB_FAULT_CYCLES", "10"))
 SERVE_CYCLES = int(os.environ.get("CHATDB_SERVE_KILL_CYCLES", "3"))
