@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx2
 import psycopg
 
-from chatdb import migrate, store
+from chatdb import devcluster, migrate, store
 from chatdb.db import make_engine, normalize_url, session_factory
 from tests.api_support import PASSWORD
 from tests.conftest import TEST_SETTINGS
@@ -42,17 +42,6 @@ FAULT_ADMIN_KEY = "fault-test-admin-key-8d2e41"
 
 
 # --- which PostgreSQL binaries -------------------------------------------------------
-
-
-def _pgserver_bin() -> Path:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        from pgserver import _commands
-
-    path: Path = _commands.POSTGRES_BIN_PATH
-    return path
 
 
 def _has_amcheck(bin_dir: Path) -> bool:
@@ -76,7 +65,7 @@ def postgres_binaries() -> tuple[Path, bool]:
     machine's own PostgreSQL with contrib (Debian's, on CI) has both; it is
     preferred so that every crash is followed by a real corruption check.
     """
-    embedded = _pgserver_bin()
+    embedded = devcluster.embedded_bin_dir()
     if _has_amcheck(embedded):
         return embedded, True
     system = sorted(
@@ -88,24 +77,6 @@ def postgres_binaries() -> tuple[Path, bool]:
         if (bin_dir / "postgres").exists() and _has_amcheck(bin_dir):
             return bin_dir, True
     return embedded, False
-
-
-def _prepare_system_user(user: str, bin_dir: Path) -> None:
-    """As pgserver does when run as root: make the user, and let it run
-    pgserver's binaries (the suite may not have started pgserver itself)."""
-    import stat
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        from pgserver import utils
-
-    utils.ensure_user_exists(user)
-    if bin_dir == _pgserver_bin():
-        readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-        utils.ensure_prefix_permissions(bin_dir)
-        utils.ensure_folder_permissions(bin_dir, readable)
-        utils.ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
 
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
@@ -132,16 +103,18 @@ class ThrowawayPostgres:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="chatdb-fault-pg-"))
         self.pgdata = self.root / "pgdata"
-        self.log = self.root / "postgres.log"
         # PostgreSQL refuses to run as root; pgserver makes a "pgserver" user then.
-        self.user: str | None = None
-        if os.geteuid() == 0:
-            self.user = "pgserver"
-            _prepare_system_user(self.user, self.bin_dir)
+        self.user = devcluster.run_as(self.bin_dir)
+        if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        self.node = devcluster.Node(
+            self.pgdata,
+            self.port,
+            self.bin_dir,
+            self.user,
+            settings={"max_connections": "80", "shared_buffers": "32MB"},
+        )
         subprocess.run(
             [
                 str(self.bin_dir / "initdb"),
@@ -169,50 +142,13 @@ class ThrowawayPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        assert self.process is None or self.process.poll() is not None
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(self.bin_dir / "postgres"),
-                    "-D",
-                    str(self.pgdata),
-                    "-p",
-                    str(self.port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "unix_socket_directories=",
-                    "-c",
-                    "max_connections=80",
-                    "-c",
-                    "shared_buffers=32MB",
-                ],
-                user=self.user,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.starts += 1
-        self.wait_ready()
-
-    def wait_ready(self) -> None:
-        """Until it accepts connections (crash recovery runs first)."""
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process is not None
-            assert self.process.poll() is None, f"postgres exited:\n{self.log.read_text()[-3000:]}"
-            try:
-                with psycopg.connect(self.admin_conninfo, connect_timeout=2) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.OperationalError:
-                assert time.monotonic() < deadline, "postgres did not come up within 60 s"
-                time.sleep(0.1)
+        """Start it, or again after a crash: it runs crash recovery first."""
+        self.node.start()
 
     def crash(self) -> None:
         """SIGKILL the postmaster and all its backends at once."""
-        assert self.process is not None
-        kill_group(self.process)
+        assert self.node.process is not None
+        kill_group(self.node.process)
 
     def create_database(self) -> str:
         """A new database at the newest migration; its name."""
@@ -249,8 +185,8 @@ class ThrowawayPostgres:
         return result.stdout
 
     def close(self) -> None:
-        if self.process is not None:
-            kill_group(self.process)
+        if self.node.process is not None:
+            kill_group(self.node.process)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import time
 import warnings
@@ -34,8 +35,24 @@ def embedded_bin_dir() -> Path:
     return path
 
 
-def _run_as() -> str | None:
-    return _ROOT_RUNS_AS if os.name == "posix" and os.geteuid() == 0 else None
+def run_as(bin_dir: Path) -> str | None:
+    """The system user to run PostgreSQL as: none unless we are root. Then, as
+    pgserver does, make its user and let it read pgserver's binaries (pgserver
+    may never have run on this machine)."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from pgserver import utils
+
+    utils.ensure_user_exists(_ROOT_RUNS_AS)
+    if bin_dir == embedded_bin_dir():
+        utils.ensure_prefix_permissions(bin_dir)
+        utils.ensure_folder_permissions(
+            bin_dir, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+        )
+        utils.ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+    return _ROOT_RUNS_AS
 
 
 @dataclass
@@ -46,6 +63,8 @@ class Node:
     port: int
     bin_dir: Path
     user: str | None = None
+    # Further server settings (-c name=value), beside the loopback-only ones.
+    settings: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def url(self, database: str = "postgres") -> str:
@@ -70,6 +89,7 @@ class Node:
                     "listen_addresses=127.0.0.1",
                     "-c",
                     "unix_socket_directories=",
+                    *(f"-c{name}={value}" for name, value in self.settings.items()),
                 ],
                 user=self.user,
                 stdout=log,
@@ -154,7 +174,7 @@ def start_cluster(
     if not ports:
         raise ValueError("a cluster needs at least the primary's port")
     bin_dir = bin_dir or embedded_bin_dir()
-    user = _run_as()
+    user = run_as(bin_dir)
     root.mkdir(parents=True, exist_ok=True)
     if user is not None:
         entry = pwd.getpwnam(user)
