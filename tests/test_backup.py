@@ -135,6 +135,27 @@ def test_bad_files_and_paths_are_one_line_errors(fresh_database: URL, tmp_path: 
     ok("backup", str(good), "--force", env=env)
 
 
+def test_a_backup_cut_short_in_its_data_restores_nothing(
+    fresh_database: URL, tmp_path: Path
+) -> None:
+    """The table of contents reads fine, the rows run out: the restore rolls back."""
+    env = base_env(CHATDB_DATABASE_URL=as_env_url(fresh_database))
+    ok("seed", "--users", "20", "--conversations", "10", "--messages", "2000", "--big-groups",
+       "0", env=env)  # fmt: skip
+    good = tmp_path / "good.backup"
+    ok("backup", str(good), env=env)
+    ok("message", "delete", "1", "1", env=env)  # so that a restore would show
+    before = fingerprint(fresh_database)
+    cut = tmp_path / "cut.backup"
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    result = run_chatdb("restore", str(cut), "--yes", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: restore failed")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert fingerprint(fresh_database) == before
+
+
 def test_tools_match_the_servers_major_version(fresh_engine: Engine) -> None:
     major = backup.server_major(fresh_engine)
     for name in ("pg_dump", "pg_restore"):

@@ -49,7 +49,11 @@ PLANNED_CHANGES = {
 
 def _tables(session: Session) -> set[str]:
     rows = session.execute(
-        text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        text(
+            # A partition (of messages, with CHATDB_MESSAGE_PARTITIONS) is storage, not a table.
+            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND NOT relispartition "
+            "AND relnamespace = current_schema()::regnamespace"
+        )
     )
     return set(rows.scalars())
 
@@ -65,7 +69,8 @@ def _unique_indexes(session: Session) -> list[tuple[str, str, list[str]]]:
             FROM pg_index x
             JOIN pg_class i ON i.oid = x.indexrelid
             JOIN pg_class t ON t.oid = x.indrelid
-            WHERE x.indisunique AND t.relnamespace = current_schema()::regnamespace
+            WHERE x.indisunique AND NOT t.relispartition
+              AND t.relnamespace = current_schema()::regnamespace
             """
         )
     )
@@ -88,7 +93,8 @@ def _foreign_keys(session: Session) -> list[tuple[str, str, list[str], str, list
             FROM pg_constraint c
             JOIN pg_class t ON t.oid = c.conrelid
             JOIN pg_class r ON r.oid = c.confrelid
-            WHERE c.contype = 'f' AND t.relnamespace = current_schema()::regnamespace
+            WHERE c.contype = 'f' AND c.conparentid = 0
+              AND t.relnamespace = current_schema()::regnamespace
             """
         )
     )

@@ -175,17 +175,80 @@ def restore(engine: Engine, url: URL, file: Path, *, embedded: bool) -> Tool:
         _run(tool, ["--list", "--file=/dev/null", str(file)], None)
     except ChatdbError as exc:
         raise Invalid(f"{file} is not a readable backup: {exc}") from exc
-    _run(
-        tool,
-        [
-            "--clean",
-            "--if-exists",
-            "--single-transaction",
-            "--exit-on-error",
-            "--no-owner",
-            "--no-privileges",
-            str(file),
-        ],
-        url,
-    )
+    _restore_through_psql(tool, file, url)
     return tool
+
+
+# Partitioned tables (messages, with CHATDB_MESSAGE_PARTITIONS) go first, whole:
+# pg_restore --clean drops a partition's primary key on its own, which
+# PostgreSQL refuses ("cannot drop inherited constraint").
+_DROP_PARTITIONED = """
+DO $$
+DECLARE partitioned regclass;
+BEGIN
+    FOR partitioned IN
+        SELECT oid FROM pg_catalog.pg_class WHERE relkind = 'p' AND NOT relispartition
+           AND relnamespace = pg_catalog.current_schema()::regnamespace
+    LOOP
+        EXECUTE pg_catalog.format('DROP TABLE %s CASCADE', partitioned);
+    END LOOP;
+END $$"""
+# Written after pg_restore's script only if pg_restore succeeded; checked last,
+# so a script cut short by a damaged archive rolls back instead of committing.
+_MARK_COMPLETE = b"SELECT pg_catalog.set_config('chatdb.restore_complete', 'yes', true);\n"
+_CHECK_COMPLETE = """
+DO $$
+BEGIN
+    IF pg_catalog.current_setting('chatdb.restore_complete', true) IS DISTINCT FROM 'yes' THEN
+        RAISE EXCEPTION 'the backup could not be read to its end; nothing was restored';
+    END IF;
+END $$"""
+
+
+def _restore_through_psql(tool: Tool, file: Path, url: URL) -> None:
+    """pg_restore --clean's script, run by psql in one transaction after _DROP_PARTITIONED."""
+    psql = tool.path.parent / "psql"
+    if not os.access(psql, os.X_OK):
+        raise ChatdbError(f"no psql beside {tool.path}; install postgresql-client-{tool.major}")
+    dbname, env = _libpq(url)
+    # --clean's DROP ... IF EXISTS on an empty database: a NOTICE per object.
+    env["PGOPTIONS"] = "-c client_min_messages=warning"
+    script = [str(tool.path), "--clean", "--if-exists", "--no-owner", "--no-privileges"]
+    run = [str(psql), "--no-psqlrc", "--quiet", "--single-transaction", "--set=ON_ERROR_STOP=1"]
+    run += [f"--dbname={dbname}", f"--command={_DROP_PARTITIONED}", "--file=-"]
+    run += [f"--command={_CHECK_COMPLETE}"]
+    with (
+        subprocess.Popen(  # noqa: S603 - fixed binaries and arguments, no shell
+            [*script, "--file=-", str(file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as producer,
+        subprocess.Popen(  # noqa: S603
+            run,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        ) as consumer,
+    ):
+        assert producer.stdout is not None
+        assert consumer.stdin is not None
+        try:
+            while chunk := producer.stdout.read(1 << 16):
+                consumer.stdin.write(chunk)
+            if producer.wait(timeout=TOOL_TIMEOUT_SECONDS) == 0:
+                consumer.stdin.write(_MARK_COMPLETE)
+            consumer.stdin.close()
+        except BrokenPipeError:
+            pass  # psql stopped at an error: its message says which
+        except subprocess.TimeoutExpired as exc:
+            producer.kill()
+            consumer.kill()
+            raise ChatdbError(f"pg_restore did not finish in {TOOL_TIMEOUT_SECONDS} s") from exc
+        producer.kill()  # only if psql stopped reading early; a no-op otherwise
+        errors = consumer.stderr.read().decode(errors="replace") if consumer.stderr else ""
+        consumer.wait()
+        produced = producer.wait()
+        produce_errors = producer.stderr.read().decode(errors="replace") if producer.stderr else ""
+    if consumer.returncode != 0 or produced != 0:
+        lines = [ln for ln in (produce_errors + "\n" + errors).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+        raise ChatdbError(f"restore failed: {reason.strip() or consumer.returncode}")

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         default=30_000, ge=0, description="Per-statement limit; 0 disables it."
     )
     echo_sql: bool = False
+    message_partitions: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Hash partitions of messages by conversation, applied by migration 0007 "
+        "when it runs (0: one plain table).",
+    )
     retention_days: int = Field(
         default=30,
         ge=1,

@@ -114,3 +114,16 @@ def ensure_current(engine: Engine, *, auto_upgrade: bool) -> None:
         f"the database schema is behind: it is at {where}, chatdb needs {head}; "
         "run `chatdb db upgrade`"
     )
+
+
+def partition_tables(connection: Connection) -> set[str]:
+    """The partitions in the current schema (messages_p00 … when messages is partitioned).
+
+    They are storage, not schema: the models name only their parent.
+    """
+    rows = connection.exec_driver_sql(
+        "SELECT relname FROM pg_class "
+        "WHERE relispartition AND relkind IN ('r', 'p') "
+        "AND relnamespace = current_schema()::regnamespace"
+    )
+    return {row[0] for row in rows}

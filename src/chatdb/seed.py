@@ -863,7 +863,8 @@ def _load(conn: psycopg.Connection[Any], world: _World, progress: ProgressCallba
             "messages",
             ("conversation_id", "seq", "sender_id", "created_at", "body"),
             _message_chunks(world, conv_base, user_base),
-            freeze="messages" in bulk,
+            # PostgreSQL cannot COPY FREEZE into a partitioned table (migration 0007).
+            freeze="messages" in bulk and not _is_partitioned(cur, "messages"),
             phase="messages",
             total=plan.messages,
             progress=progress,
@@ -959,7 +960,9 @@ def _drop_for_bulk_load(cur: psycopg.Cursor[Any], tables: list[str]) -> _Rebuild
             "ORDER BY c.relname",
             (table,),
         ).fetchall():
-            rebuild.indexes.append(definition)
+            # A partitioned table's index reads "ON ONLY t", which would build the
+            # parent's index alone, invalid; without ONLY it covers every partition.
+            rebuild.indexes.append(definition.replace(" ON ONLY ", " ON ", 1))
             cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)))
     return rebuild
 
@@ -987,12 +990,29 @@ def _add_constraint(table: str, name: str, definition: str) -> sql.Composed:
     ) + sql.SQL(definition)
 
 
+def _is_partitioned(cur: psycopg.Cursor[Any], table: str) -> bool:
+    row = cur.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()
+    return bool(row and row[0] == "p")
+
+
 def _analyze(conn: psycopg.Connection[Any], progress: ProgressCallback) -> None:
-    """Fresh statistics, so the planner knows the new sizes and skew at once."""
+    """Fresh statistics, so the planner knows the new sizes and skew at once.
+
+    A partitioned messages table was loaded without FREEZE: VACUUM it too, so
+    that its visibility map lets index-only scans skip the heap at once.
+    """
     progress("analyze", 0, len(_TABLES))
     with conn.cursor() as cur:
-        cur.execute("SET LOCAL statement_timeout = 0")
-        for done, table in enumerate(_TABLES, 1):
-            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
-            progress("analyze", done, len(_TABLES))
+        cur.execute("SET statement_timeout = 0")
+        vacuum = [t for t in _TABLES if _is_partitioned(cur, t)]
+        conn.commit()
+        conn.autocommit = True  # VACUUM cannot run inside a transaction
+        try:
+            for done, table in enumerate(_TABLES, 1):
+                command = "VACUUM (ANALYZE) {}" if table in vacuum else "ANALYZE {}"
+                cur.execute(sql.SQL(command).format(sql.Identifier(table)))
+                progress("analyze", done, len(_TABLES))
+        finally:
+            conn.autocommit = False
+            cur.execute("RESET statement_timeout")
     conn.commit()
