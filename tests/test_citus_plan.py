@@ -33,6 +33,7 @@ DISTRIBUTED = {
     "messages": "conversation_id",
     "changes": "conversation_id",
     "message_activity": "conversation_id",
+    "messages_archive": "conversation_id",
     "sign_in_failures": "key_hash",
 }
 REFERENCE = {"users", "auth_tokens"}

@@ -1058,6 +1058,68 @@ def purge(
     )
 
 
+@app.command("archive")
+def archive(
+    older_than_days: Annotated[
+        int,
+        typer.Option(
+            help="Move messages sent more than this many days ago (at least "
+            "CHATDB_RETENTION_DAYS, so nothing restorable moves).",
+            min=1,
+            max=36500,
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be moved.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="Messages per transaction.", min=1, max=100_000)
+    ] = 5000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move old messages out of the hot table into messages_archive.
+
+    Short transactions of one batch each, rows locked by writers skipped (a
+    later run takes them): sends and edits are never held up. Safe to stop and
+    run again, and to run from cron. The activity report still counts them;
+    pages, search and the API no longer show them.
+    """
+    retention = get_settings().retention_days
+    if older_than_days < retention:
+        raise Invalid(
+            f"--older-than-days must be at least CHATDB_RETENTION_DAYS ({retention}): "
+            "a deleted message younger than that can still be restored"
+        )
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    engine = engine_ready()
+    if dry_run:
+        with transaction(engine) as session:
+            due = store.archive_due(session=session, cutoff=cutoff)
+        render(
+            due,
+            as_json,
+            f"Would archive (sent before {cutoff:%Y-%m-%d %H:%M} UTC)",
+            ["messages", "oldest"],
+            [(due.messages, due.oldest)],
+        )
+        return
+    moved = batches = 0
+    while True:
+        with transaction(engine) as session:
+            batch = store.archive_messages_batch(session=session, cutoff=cutoff, limit=batch_size)
+        if not batch:
+            break
+        moved += batch
+        batches += 1
+    render(
+        {"messages": moved, "batches": batches, "cutoff": cutoff.isoformat()},
+        as_json,
+        f"Archived (sent before {cutoff:%Y-%m-%d %H:%M} UTC)",
+        ["messages", "batches"],
+        [(moved, batches)],
+    )
+
+
 FileArg = Annotated[Path, typer.Argument(help="The backup file.", dir_okay=True)]
 
 

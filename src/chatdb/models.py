@@ -218,6 +218,38 @@ class Message(Base):
     )
 
 
+class ArchivedMessage(Base):
+    """Messages moved out of `messages` by `chatdb archive` (older than a cutoff).
+
+    The hot table, its indexes and its partitions stay the size of recent
+    history; the archive is written once per message and read rarely (export,
+    compliance), so it has only its key. Pages and search no longer show
+    archived messages. A deleted message arrives as a tombstone (empty body),
+    so the archive never keeps text past the retention window. It goes with
+    its conversation when that is purged.
+    """
+
+    __tablename__ = "messages_archive"
+
+    conversation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sender_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="SET NULL")
+    )
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    archived_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        # A deleted user's messages: the foreign key's ON DELETE SET NULL.
+        Index("ix_messages_archive_sender_id", "sender_id"),
+    )
+
+
 # Messages per sender, conversation and UTC hour, for the activity report:
 # summing these rows is what the report costs, not reading every message of the
 # range. Kept exact by triggers on messages, in the same transaction as each

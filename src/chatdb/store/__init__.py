@@ -12,6 +12,7 @@ from chatdb.store.accounts import (
     sign_in,
     user_for_token,
 )
+from chatdb.store.archive import ArchiveDue, archive_due, archive_messages_batch
 from chatdb.store.changes import (
     changes_after,
     changes_for_user,
@@ -74,11 +75,14 @@ from chatdb.store.users import (
 )
 
 __all__ = [
+    "ArchiveDue",
     "PurgeDue",
     "SignInLimits",
     "activity",
     "activity_statement",
     "add_member",
+    "archive_due",
+    "archive_messages_batch",
     "changes_after",
     "changes_for_user",
     "changes_since",
