@@ -28,8 +28,7 @@ from chatdb.errors import SchemaOutdated
 from chatdb.models import Base
 from tests.conftest import TEST_SETTINGS, create_database, drop_database
 
-# chatdb.migrations.env cannot be imported outside a migration run; its lock id:
-MIGRATION_LOCK_ID = 0x63686174
+MIGRATION_LOCK_ID = migrate.MIGRATION_LOCK_ID
 
 MODEL_TABLES = set(Base.metadata.tables)
 

@@ -24,6 +24,8 @@ from chatdb.db import make_engine
 from chatdb.seed import SeedPlan, seed
 from tests.conftest import TEST_SETTINGS, create_database, drop_database
 from tests.factories import make_group, make_user, send
+from tests.test_backup import as_env_url
+from tests.test_cli import assert_one_line_error, base_env, run_chatdb
 
 PARTITIONS = 4
 
@@ -114,10 +116,29 @@ def test_partitioning_keeps_every_row_key_index_and_trigger_both_ways(
     assert sum(counts) == 3_000
     assert _snapshot(engine) == before
 
+    # A partitioned table partitioned again, as `chatdb db partition` does.
+    assert migrate.repartition_messages(engine, 3) == PARTITIONS
+    assert _layout(engine)[:2] == ("p", 3)
+    assert _snapshot(engine) == before
+
     monkeypatch.setenv("CHATDB_MESSAGE_PARTITIONS", "0")
     migrate.downgrade(engine, _before_partitioning())
     assert _layout(engine) == ("r", 0, [3_000])
     assert _snapshot(engine) == before
+    migrate.upgrade(engine)
+    assert _layout(engine) == ("r", 0, [3_000])  # the option unset: nothing changes
+
+
+def test_the_partition_command(fresh_database: URL) -> None:
+    env = base_env(CHATDB_DATABASE_URL=as_env_url(fresh_database))
+    assert_one_line_error(run_chatdb("db", "partition", "4", env=env), "--yes")
+    done = run_chatdb("db", "partition", "4", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "4 now" in done.stdout
+    back = run_chatdb("db", "partition", "0", "--yes", env=env)
+    assert back.returncode == 0, back.stderr
+    assert "4 partitions before, no now" in back.stdout
+    assert run_chatdb("db", "partition", "2000", "--yes", env=env).returncode == 2
 
 
 def test_a_partitioned_table_enforces_the_same_rules(

@@ -188,6 +188,25 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base
     _print_current(engine)
 
 
+@db_app.command("partition")
+def db_partition(
+    partitions: Annotated[
+        int, typer.Argument(help="Hash partitions by conversation; 0: one plain table.", min=0)
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do it: it locks messages while it copies.")
+    ] = False,
+) -> None:
+    """Rebuild messages with PARTITIONS hash partitions (the CHATDB_MESSAGE_PARTITIONS
+    option, for a database already migrated). Every message is copied once under
+    an exclusive lock: sends wait until it commits."""
+    if not yes:
+        fail("this rewrites every message under an exclusive lock; pass --yes to go ahead")
+    engine = engine_ready()
+    before = migrate.repartition_messages(engine, partitions)
+    console.print(f"messages: {before or 'no'} partitions before, {partitions or 'no'} now")
+
+
 def _print_current(engine: Engine) -> None:
     with engine.connect() as connection:
         current = migrate.current_revision(connection)

@@ -11,9 +11,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
+from chatdb import partitioning
 from chatdb.errors import Invalid, SchemaOutdated
+
+# Any number, the same in every chatdb process: two schema changes never run at once.
+MIGRATION_LOCK_ID = 0x63686174  # "chat"
 
 
 def alembic_config(stdout: TextIO | None = None) -> Config:
@@ -127,3 +131,16 @@ def partition_tables(connection: Connection) -> set[str]:
         "AND relnamespace = current_schema()::regnamespace"
     )
     return {row[0] for row in rows}
+
+
+def repartition_messages(engine: Engine, partitions: int) -> int:
+    """Rebuild messages with `partitions` hash partitions (0: one plain table),
+    in one transaction, under the migrations' lock. Returns the previous count."""
+    if not 0 <= partitions <= 1024:
+        raise Invalid("partitions must be between 0 and 1024")
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        before = partitioning.partition_count(connection)
+        if before != partitions:
+            partitioning.rebuild(connection, partitions)
+    return before

@@ -6,10 +6,8 @@ chatdb.migrate passes an open connection in config.attributes["connection"].
 from alembic import context
 from sqlalchemy import text
 
+from chatdb.migrate import MIGRATION_LOCK_ID
 from chatdb.models import Base
-
-# Any number, the same in every chatdb process: two upgrades never run at once.
-MIGRATION_LOCK_ID = 0x63686174  # "chat"
 
 connection = context.config.attributes["connection"]
 context.configure(
