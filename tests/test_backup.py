@@ -67,8 +67,8 @@ def test_backup_and_restore_reproduce_every_row(
        "--big-group-size", "10", env=source)  # fmt: skip
     # Every kind of row: a deleted message, a deleted conversation, a token, a throttle
     # counter, archived messages.
-    ok("archive", "--older-than-days", "60", env=source)
     ok("message", "delete", "1", "1", env=source)
+    ok("archive", "--older-than-days", "60", env=source)
     ok("conversation", "delete", "2", env=source)
     engine = make_engine(fresh_database, TEST_SETTINGS)
     with engine.begin() as connection:
