@@ -2,12 +2,13 @@
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from chatdb import store
@@ -15,7 +16,7 @@ from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
 from chatdb.api.metrics import Metrics
 from chatdb.config import Settings
-from chatdb.db import retry_if_connection_lost, session_factory
+from chatdb.db import connection_lost, retry_if_connection_lost, session_factory
 from chatdb.replicas import ReadRouter
 from chatdb.security import same_secret
 
@@ -25,21 +26,33 @@ T = TypeVar("T")
 _OPERATOR = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Database:
+    """The request's way to its transactions.
+
+    A request signed in with a token makes one transaction: the token check
+    opens it (get_principal) and the handler's transaction() continues it, so
+    the check costs one statement, not a transaction of its own."""
+
     engine: Engine
     router: ReadRouter
     request: Request
     metrics: Metrics | None = None
+    # Opened by the token check, not yet taken by transaction().
+    _opened: Session | None = field(default=None, repr=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """The request's unit of work, on the primary: commit on success, roll
         back on error."""
-        with session_factory(self.engine)() as session:
-            with session.begin():
-                self._connect(session)
+        session = self._take_opened()
+        with session:
+            try:
                 yield session
+            except BaseException:
+                session.rollback()
+                raise
+            session.commit()
             writer = self._caller()
             if writer is not None and self.router.enabled and self.request.method != "GET":
                 self.router.remember_write(session, writer)
@@ -48,15 +61,17 @@ class Database:
     def read_transaction(self) -> Iterator[Session]:
         """For reads that may lag: a replica that has seen the caller's own
         writes, or the primary. Without replicas, the same as transaction()."""
+        if not self.router.enabled:
+            with self.transaction() as session:
+                yield session
+            return
+        # The token was checked on the primary in a transaction of its own: a
+        # replica may not have replayed a revocation yet, so the check cannot
+        # run there (see get_principal).
+        self.close_opened()
         with self.router.read_transaction(self._caller()) as session:
             self._connect(session)
             yield session
-
-    def _connect(self, session: Session) -> None:
-        if self.metrics is not None:
-            # Take the connection now, so time spent waiting for one is seen.
-            with self.metrics.waiting_for_connection():
-                session.connection()
 
     def transaction_retried(self, work: Callable[[Session], T]) -> T:
         """`work` in a transaction, run again if the connection is lost on the
@@ -68,9 +83,64 @@ class Database:
 
         return retry_if_connection_lost(once)
 
+    def open_with(self, first: Callable[[Session], T]) -> T:
+        """Open the request's transaction on the primary by running `first` in
+        it; transaction() then continues it. Returns what `first` returned."""
+        self.close_opened()
+        self._opened, result = self._begin(first)
+        return result
+
+    def close_opened(self) -> None:
+        """Roll back and let go of a transaction open_with() opened and no
+        handler took (one that failed early, or used no database)."""
+        if self._opened is not None:
+            session, self._opened = self._opened, None
+            session.close()
+
+    def _take_opened(self) -> Session:
+        if self._opened is not None:
+            session, self._opened = self._opened, None
+            return session
+        session, _ = self._begin(_ping)
+        return session
+
+    def _begin(self, first: Callable[[Session], T]) -> tuple[Session, T]:
+        """A new session in a transaction begun by `first`.
+
+        The pool does not ping connections before handing them out (a round
+        trip per transaction). After a PostgreSQL restart a pooled connection
+        is dead: `first`, the transaction's first statement, then fails with a
+        disconnect having done nothing, SQLAlchemy has invalidated the whole
+        pool, and one more try on a new connection is safe."""
+        for attempt in (1, 2):
+            session = session_factory(self.engine)()
+            try:
+                self._connect(session)
+                return session, first(session)
+            except DBAPIError as exc:
+                session.close()
+                if attempt == 2 or not connection_lost(exc):
+                    raise
+            except BaseException:
+                session.close()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connect(self, session: Session) -> None:
+        if self.metrics is not None:
+            # Take the connection now, so time spent waiting for one is seen.
+            with self.metrics.waiting_for_connection():
+                session.connection()
+
     def _caller(self) -> int | None:
         caller: int | None = getattr(self.request.state, "caller_key", None)
         return caller
+
+
+def _ping(session: Session) -> None:
+    """The first statement of a transaction that has no useful one to begin
+    with, so a dead pooled connection is found where a retry is safe."""
+    session.execute(text("SELECT 1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +197,12 @@ def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     database: Annotated[Database, Depends(get_database)],
     settings: Annotated[Settings, Depends(get_settings_dep)],
-) -> Principal:
+) -> Iterator[Principal]:
+    """The caller. A token is checked as the first statement of the request's
+    own transaction (Database.open_with), always on the primary: revoking a
+    token is a write there, and a replica that has not replayed it yet would
+    still accept the token. With replicas, a read that goes to one therefore
+    makes a second transaction; without them, a request makes one."""
     if credentials is None or not credentials.credentials:
         raise ApiError(
             401,
@@ -138,20 +213,28 @@ def get_principal(
     token = credentials.credentials
     if same_secret(token, settings.admin_key):
         request.state.caller_key = _OPERATOR
-        return Principal(user_id=None, is_admin=True, token=token)
+        yield Principal(user_id=None, is_admin=True, token=token)
+        return
     if len(token) > 512:
         raise ApiError(401, "unauthenticated", "the token is not valid", _UNAUTHENTICATED)
-    with database.transaction() as session:
-        user_id = store.user_for_token(session=session, token=token)
-    if user_id is None:
-        raise ApiError(
-            401, "unauthenticated", "the token is expired, revoked or unknown", _UNAUTHENTICATED
+    try:
+        user_id = database.open_with(
+            lambda session: store.user_for_token(session=session, token=token)
         )
-    request.state.caller_key = user_id
-    return Principal(user_id=user_id, is_admin=False, token=token)
+        if user_id is None:
+            raise ApiError(
+                401, "unauthenticated", "the token is expired, revoked or unknown", _UNAUTHENTICATED
+            )
+        request.state.caller_key = user_id
+        yield Principal(user_id=user_id, is_admin=False, token=token)
+    finally:
+        # Left open only if the handler made no transaction (or failed first).
+        database.close_opened()
 
 
 Db = Annotated[Database, Depends(get_database)]
-Caller = Annotated[Principal, Depends(get_principal)]
+# Torn down when the handler returns, before the response goes out: a stream
+# (/v1/events) must not keep the token check's transaction open while it runs.
+Caller = Annotated[Principal, Depends(get_principal, scope="function")]
 Cursors = Annotated[CursorCodec, Depends(get_cursors)]
 AppSettings = Annotated[Settings, Depends(get_settings_dep)]
