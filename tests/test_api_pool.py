@@ -87,3 +87,22 @@ def test_the_first_request_of_any_kind_after_the_connections_die_succeeds(
     else:
         response = api.client.get("/readyz")
     assert response.status_code in (200, 201), response.text
+
+
+def test_a_refused_request_gives_its_connection_back(
+    small_pool_api: tuple[Api, Engine],
+) -> None:
+    """The token check opens the request's transaction before the handler runs;
+    a request refused after that (bad input, no right, a handler that makes no
+    transaction) must still hand the one connection back."""
+    api, engine = small_pool_api
+    alice, bob = api.account("alice"), api.account("bob")
+    refused = [
+        api.client.get("/v1/conversations?limit=100000", headers=alice.auth),  # 422
+        api.client.patch(f"/v1/users/{bob.id}", json={"display_name": "x"}, headers=alice.auth),
+        api.client.get("/metrics", headers=alice.auth),  # 403, no transaction at all
+        api.client.get("/v1/conversations/999999", headers=alice.auth),  # 404
+    ]
+    assert [r.status_code for r in refused] == [422, 403, 403, 404]
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert api.client.get("/v1/me", headers=alice.auth).status_code == 200
