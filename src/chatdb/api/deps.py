@@ -1,15 +1,18 @@
 """Request dependencies: the database, the caller, the cursor codec."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from chatdb import store
 from chatdb.api.cursors import CursorCodec
@@ -90,6 +93,10 @@ class Database:
         self._opened, result = self._begin(first)
         return result
 
+    @property
+    def has_opened(self) -> bool:
+        return self._opened is not None
+
     def close_opened(self) -> None:
         """Roll back and let go of a transaction open_with() opened and no
         handler took (one that failed early, or used no database)."""
@@ -166,7 +173,8 @@ class Principal:
             raise ApiError(403, "admin_required", "this needs the admin key")
 
 
-def get_database(request: Request) -> Database:
+# The dependencies that do no I/O are async: a sync one costs a worker-thread hop.
+async def get_database(request: Request) -> Database:
     return Database(
         request.app.state.engine,
         request.app.state.read_router,
@@ -175,12 +183,12 @@ def get_database(request: Request) -> Database:
     )
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_cursors(request: Request) -> CursorCodec:
+async def get_cursors(request: Request) -> CursorCodec:
     codec: CursorCodec = request.app.state.cursors
     return codec
 
@@ -192,12 +200,12 @@ _bearer = HTTPBearer(
 _UNAUTHENTICATED = {"WWW-Authenticate": "Bearer"}
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     database: Annotated[Database, Depends(get_database)],
     settings: Annotated[Settings, Depends(get_settings_dep)],
-) -> Iterator[Principal]:
+) -> AsyncIterator[Principal]:
     """The caller. A token is checked as the first statement of the request's
     own transaction (Database.open_with), always on the primary: revoking a
     token is a write there, and a replica that has not replayed it yet would
@@ -217,10 +225,10 @@ def get_principal(
         return
     if len(token) > 512:
         raise ApiError(401, "unauthenticated", "the token is not valid", _UNAUTHENTICATED)
+    # Async, so that only the database work takes a worker thread (the admin
+    # key, a refusal and a handler that took the transaction take none).
     try:
-        user_id = database.open_with(
-            lambda session: store.user_for_token(session=session, token=token)
-        )
+        user_id = await run_in_threadpool(database.open_with, partial(_user_for_token, token=token))
         if user_id is None:
             raise ApiError(
                 401, "unauthenticated", "the token is expired, revoked or unknown", _UNAUTHENTICATED
@@ -229,7 +237,13 @@ def get_principal(
         yield Principal(user_id=user_id, is_admin=False, token=token)
     finally:
         # Left open only if the handler made no transaction (or failed first).
-        database.close_opened()
+        if database.has_opened:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(database.close_opened)
+
+
+def _user_for_token(session: Session, *, token: str) -> int | None:
+    return store.user_for_token(session=session, token=token)
 
 
 Db = Annotated[Database, Depends(get_database)]
