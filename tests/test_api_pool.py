@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 
 from chatdb.api.app import create_app
 from chatdb.db import make_engine, psycopg_conninfo
-from tests.api_support import Api, api_settings
+from tests.api_support import PASSWORD, Api, api_settings
 
 
 @pytest.fixture
@@ -44,19 +44,65 @@ def test_requests_succeed_after_the_server_drops_every_connection(
     api: Api, fresh_database: URL
 ) -> None:
     """What a PostgreSQL restart does to a pool: every pooled connection dies.
-    Connections are checked before use, so no request fails once the server
-    answers again, and chatdb needs no restart."""
+    A request's first statement finds its connection dead having done nothing,
+    and runs again on a new one, so no request fails once the server answers
+    again, and chatdb needs no restart."""
     alice, bob = api.account("alice"), api.account("bob")
     conversation = api.group(alice, bob)
     api.send(alice, conversation, "before")
-    with psycopg.connect(psycopg_conninfo(fresh_database), autocommit=True) as admin:
+    _drop_every_connection(fresh_database)
+    for _ in range(3):
+        response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
+        assert response.status_code == 200, response.text
+    assert api.send(bob, conversation, "after")["seq"] == 2
+
+
+def _drop_every_connection(database: URL) -> None:
+    with psycopg.connect(psycopg_conninfo(database), autocommit=True) as admin:
         killed = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchone()
     assert killed is not None
     assert killed[0] >= 1
-    for _ in range(3):
-        response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
-        assert response.status_code == 200, response.text
-    assert api.send(bob, conversation, "after")["seq"] == 2
+
+
+@pytest.mark.parametrize(
+    "first_request",
+    ["token", "admin key", "sign-in", "readyz"],
+)
+def test_the_first_request_of_any_kind_after_the_connections_die_succeeds(
+    api: Api, fresh_database: URL, first_request: str
+) -> None:
+    """Requests without a token check to begin with (the admin key, signing in,
+    /readyz) must survive a dead pool as well as those with one."""
+    alice = api.account("alice")
+    _drop_every_connection(fresh_database)
+    if first_request == "token":
+        response = api.client.get("/v1/me", headers=alice.auth)
+    elif first_request == "admin key":
+        response = api.client.get(f"/v1/users/{alice.id}", headers=api.admin)
+    elif first_request == "sign-in":
+        response = api.client.post("/v1/sessions", json={"username": "alice", "password": PASSWORD})
+    else:
+        response = api.client.get("/readyz")
+    assert response.status_code in (200, 201), response.text
+
+
+def test_a_refused_request_gives_its_connection_back(
+    small_pool_api: tuple[Api, Engine],
+) -> None:
+    """The token check opens the request's transaction before the handler runs;
+    a request refused after that (bad input, no right, a handler that makes no
+    transaction) must still hand the one connection back."""
+    api, engine = small_pool_api
+    alice, bob = api.account("alice"), api.account("bob")
+    refused = [
+        api.client.get("/v1/conversations?limit=100000", headers=alice.auth),  # 422
+        api.client.patch(f"/v1/users/{bob.id}", json={"display_name": "x"}, headers=alice.auth),
+        api.client.get("/metrics", headers=alice.auth),  # 403, no transaction at all
+        api.client.get("/v1/conversations/999999", headers=alice.auth),  # 404
+    ]
+    assert [r.status_code for r in refused] == [422, 403, 403, 404]
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert api.client.get("/v1/me", headers=alice.auth).status_code == 200

@@ -7,16 +7,20 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine
+from psycopg import pq
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
 
 from chatdb.api.app import create_app
 from chatdb.db import make_engine
 from tests.api_support import Api, api_settings
+from tests.conftest import TEST_SETTINGS
 
 MESSAGES_ROUTE = "/v1/conversations/{conversation_id}/messages"
 
@@ -78,8 +82,8 @@ def test_latency_is_recorded_per_route_template(api: Api) -> None:
 
 
 def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
-    """A page of messages over HTTP is two statements: the token, then the page
-    (membership check and all), each in one transaction. (No lifespan here, so
+    """A page of messages over HTTP is two statements, the token check and the
+    page (membership check and all), in one transaction. (No lifespan here, so
     the change reader's polls do not mix in.)"""
     api = Api(TestClient(create_app(fresh_engine, api_settings())))
     alice, bob = api.account("alice"), api.account("bob")
@@ -90,8 +94,60 @@ def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
     assert response.status_code == 200
     after = scrape(api)
     assert round_trips(after, "statement") - round_trips(before, "statement") == 2
-    assert round_trips(after, "commit") - round_trips(before, "commit") == 2
+    assert round_trips(after, "begin") - round_trips(before, "begin") == 1
+    assert round_trips(after, "commit") - round_trips(before, "commit") == 1
     assert round_trips(after, "rollback") == round_trips(before, "rollback")
+
+
+def _requests_sent(trace: Path) -> list[str]:
+    """What the client sent, one entry per round trip: a simple Query, or the
+    messages of an extended-protocol query up to its Sync. From libpq's trace."""
+    sent: list[str] = []
+    pending: list[str] = []
+    for line in trace.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) < 3 or fields[0] != "F":
+            continue
+        kind = fields[2]
+        pending.append(" ".join(fields[2:])[:80])
+        if kind in ("Query", "Sync"):
+            sent.append(" | ".join(pending))
+            pending = []
+    return sent
+
+
+def test_a_signed_in_page_request_is_four_round_trips_on_the_wire(
+    fresh_database: URL, tmp_path: Path
+) -> None:
+    """Counted where nothing can hide: libpq's trace of every message chatdb's
+    connections send. BEGIN, the token check, the page, COMMIT; no liveness
+    ping, no SET, no second transaction for the token."""
+    trace = tmp_path / "libpq.trace"
+    engine = make_engine(fresh_database, TEST_SETTINGS)
+    with trace.open("w") as out:
+
+        def traced(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.pgconn.trace(out.fileno())
+            dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+        event.listen(engine, "connect", traced)
+        try:
+            api = Api(TestClient(create_app(engine, api_settings())))
+            alice, bob = api.account("alice"), api.account("bob")
+            conversation = api.group(alice, bob)
+            api.send(alice, conversation, "hello")
+            # The first page request may connect; the second reuses the pool.
+            page = f"/v1/conversations/{conversation}/messages"
+            assert api.client.get(page, headers=bob.auth).status_code == 200
+            already = len(_requests_sent(trace))
+            assert api.client.get(page, headers=bob.auth).status_code == 200
+            sent = _requests_sent(trace)[already:]
+        finally:
+            engine.dispose()
+    assert len(sent) == 4, "\n".join(sent)
+    assert "BEGIN" in sent[0]
+    assert "auth_tokens" in sent[1]
+    assert "COMMIT" in sent[3]
 
 
 @pytest.fixture

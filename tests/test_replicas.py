@@ -198,3 +198,29 @@ def test_dev_cluster_command_starts_a_primary_and_a_replica_and_stops_them() -> 
         for pgdata in root.glob("*/postmaster.pid"):
             subprocess.run(["pkill", "-f", str(pgdata.parent)], check=False)
         devcluster.remove(root)
+
+
+def test_a_token_revoked_on_the_primary_is_refused_while_the_replica_lags(
+    api: Api, cluster: devcluster.Cluster
+) -> None:
+    """The token check runs on the primary even for reads that go to a replica:
+    a revocation made elsewhere (another instance, an operator), which this
+    process's read-your-writes knows nothing of, holds at once."""
+    alice, bob = api.account("rv_alice"), api.account("rv_bob")
+    group = api.group(alice, bob)
+    api.send(alice, group, "hello")
+    cluster.wait_replayed()
+    assert _bodies(api, bob, group) == ["hello"]
+
+    _replica_sql(cluster, "SELECT pg_wal_replay_pause()")
+    try:
+        with psycopg.connect(cluster.primary.url(EMBEDDED_DATABASE), autocommit=True) as primary:
+            primary.execute(
+                "UPDATE auth_tokens SET revoked_at = now() WHERE user_id = %s", (bob.id,)
+            )
+        response = api.client.get(f"/v1/conversations/{group}/messages", headers=bob.auth)
+        assert response.status_code == 401, response.text
+        # Other callers are unaffected.
+        assert api.client.get("/v1/conversations", headers=alice.auth).status_code == 200
+    finally:
+        _replica_sql(cluster, "SELECT pg_wal_replay_resume()")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -157,39 +157,34 @@ def database_url() -> URL:
     return normalize_url(settings.database_url)
 
 
-def make_engine(url: URL, settings: Settings | None = None) -> Engine:
+def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = False) -> Engine:
+    """The engine and pool. Without `pre_ping` a pooled connection is not
+    checked before use (that check is a round trip per transaction): the
+    API's transactions find a dead one with their first statement and retry
+    it (api.deps.Database); `pre_ping` is for callers that cannot."""
     settings = settings or get_settings()
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.connect_timeout_seconds,
         "application_name": "chatdb",
     }
-    # No parallel query: chatdb's queries take milliseconds, and starting workers
-    # costs more than that (PostgreSQL starts them even for a branch a one-time
-    # filter then skips, as the inbox's).
-    options = ["-c max_parallel_workers_per_gather=0"]
+    # Settings go in the startup packet, not a SET after connecting (two round
+    # trips per connection). All timestamps go out and come back in UTC,
+    # whatever the server's zone. No parallel query: chatdb's queries take
+    # milliseconds, and starting workers costs more than that (PostgreSQL
+    # starts them even for a branch a one-time filter then skips, as the inbox's).
+    options = ["-c timezone=UTC", "-c max_parallel_workers_per_gather=0"]
     if settings.statement_timeout_ms:
         options.append(f"-c statement_timeout={settings.statement_timeout_ms}")
     connect_args["options"] = " ".join(options)
-    engine = create_engine(
+    return create_engine(
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_max_overflow,
         pool_timeout=settings.pool_timeout_seconds,
-        # Check a connection before handing it out: after a PostgreSQL restart
-        # the pool replaces dead connections instead of failing requests.
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         echo=settings.echo_sql,
         connect_args=connect_args,
     )
-    event.listen(engine, "connect", _on_connect)
-    return engine
-
-
-def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # All timestamps go out and come back in UTC, whatever the server's zone.
-    with dbapi_connection.cursor() as cur:
-        cur.execute("SET TIME ZONE 'UTC'")
-    dbapi_connection.commit()
 
 
 @lru_cache(maxsize=1)

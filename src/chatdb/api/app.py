@@ -25,7 +25,7 @@ from chatdb.api.routes import change_out, router
 from chatdb.api.web_routes import WebFiles
 from chatdb.api.web_routes import router as web_router
 from chatdb.config import Settings
-from chatdb.db import make_engine, normalize_url
+from chatdb.db import make_engine, normalize_url, retry_if_connection_lost
 from chatdb.replicas import ReadRouter
 from chatdb.store.changes import Change
 
@@ -35,7 +35,9 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     hub = ChangeHub(engine, settings)
     read_router = ReadRouter(
         engine,
-        [make_engine(normalize_url(url), settings) for url in settings.replica_urls],
+        # Pinged before use: a read there has no statement to retry on a dead
+        # connection (the primary's transactions do, see api.deps.Database).
+        [make_engine(normalize_url(url), settings, pre_ping=True) for url in settings.replica_urls],
         settings.replica_retry_seconds,
     )
     metrics = Metrics(engine)
@@ -78,9 +80,14 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     @app.get("/readyz", tags=["health"], responses={503: {"model": schemas.Problem}})
     def readyz() -> schemas.Health:
         """The database answers and its schema is current."""
-        try:
+
+        def read_revision() -> str | None:
             with engine.connect() as connection:
-                current = migrate.current_revision(connection)
+                return migrate.current_revision(connection)
+
+        try:
+            # Once more on a new connection if a pooled one died with a restart.
+            current = retry_if_connection_lost(read_revision, attempts=2)
         except Exception as exc:
             raise ApiError(503, "database_unavailable", "the database is not reachable") from exc
         if current != migrate.head_revision():

@@ -23,6 +23,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -31,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chatdb import store
 from chatdb.config import Settings
-from chatdb.db import psycopg_conninfo, session_factory
+from chatdb.db import psycopg_conninfo, retry_if_connection_lost, session_factory
 from chatdb.store.changes import Change
 
 log = logging.getLogger("chatdb.events")
@@ -177,8 +178,12 @@ class ChangeHub:
         """Deliver the next changes; returns whether a full batch was read."""
         async with self._lock:
             users = set(self._subscribers)
+            # Reads, safe to repeat on a new connection if a pooled one died.
             changes, watermark, gap, members, full = await _in_thread(
-                self._read, self.watermark, self._gap, users
+                partial(
+                    retry_if_connection_lost,
+                    partial(self._read, self.watermark, self._gap, users),
+                )
             )
             self.watermark, self._gap = watermark, gap
             for change in changes:
@@ -260,7 +265,8 @@ class ChangeHub:
         position = subscriber.seen_up_to
         while position < subscriber.live_from:
             changes = await run_in_threadpool(
-                self._changes_for, subscriber.user_id, position, subscriber.live_from
+                retry_if_connection_lost,
+                partial(self._changes_for, subscriber.user_id, position, subscriber.live_from),
             )
             if not changes:
                 break

@@ -32,7 +32,7 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         "data layer p50 / p95 / p99",
         "x floor p50",
         "x floor p99",
-        "floor + ping, BEGIN, COMMIT p50",
+        "floor + BEGIN, COMMIT p50",
         "x that p50",
     ):
         reads.add_column(column, justify="left" if column == "operation" else "right")

@@ -3,7 +3,7 @@ operation at three levels in the same run.
 
 - floor: the same SQL through bare psycopg, a prepared statement on an
   autocommit connection (one round trip, no ORM, no transaction block); and
-  the same with the round trips a pooled transaction adds (ping, BEGIN, COMMIT);
+  the same with the round trips a transaction adds (BEGIN, COMMIT);
 - data layer: the store function in a transaction, as the API calls it;
 - HTTP: the real app under uvicorn, with 1, 8 and 32 concurrent clients.
 
@@ -290,12 +290,10 @@ def floor_call(
 def floor_with_round_trips(
     conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
 ) -> Callable[[], Any]:
-    """The floor plus the round trips a pooled SQLAlchemy transaction adds: the
-    pool's liveness check, BEGIN and COMMIT. What is left between this and the
-    data layer is Python."""
+    """The floor plus the round trips a transaction adds: BEGIN and COMMIT.
+    What is left between this and the data layer is Python."""
 
     def call() -> Any:
-        conn.execute(";")  # what pool_pre_ping sends
         with conn.transaction():
             return conn.execute(sql, params, prepare=True).fetchall()
 
