@@ -64,6 +64,7 @@ from chatdb.store.retention import (
     purge_conversations_batch,
     purge_due,
 )
+from chatdb.store.search import search_messages, search_statement
 from chatdb.store.users import (
     create_user,
     delete_user,
@@ -120,6 +121,8 @@ __all__ = [
     "restore_message",
     "revoke_all_tokens",
     "revoke_token",
+    "search_messages",
+    "search_statement",
     "send_message",
     "set_member_role",
     "set_password",
