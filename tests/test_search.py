@@ -3,15 +3,21 @@ pages, and what the planner does with it."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from chatdb import store
+from chatdb import migrate, store
+from chatdb.config import get_settings
+from chatdb.db import make_engine
 from chatdb.errors import Invalid
 from chatdb.store.types import Conversation, SearchCursor, SearchPage, User
+from tests.conftest import TEST_SETTINGS, create_database, drop_database
 from tests.factories import make_group, make_user, send
 
 
@@ -251,3 +257,62 @@ def test_search_uses_the_index(session: Session, chat: tuple[User, User, Convers
     )
     plan = "\n".join(session.execute(text(f"EXPLAIN {compiled}")).scalars())
     assert "ix_messages_search" in plan
+
+
+@pytest.fixture
+def empty_database(server_url: URL) -> Iterator[URL]:
+    name = f"chatdb_lang_{uuid.uuid4().hex[:10]}"
+    yield create_database(server_url, name)
+    drop_database(server_url, name)
+
+
+def _migrate_with_language(
+    url: URL, language: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Engine]:
+    monkeypatch.setenv("CHATDB_SEARCH_LANGUAGE", language)
+    get_settings.cache_clear()
+    engine = make_engine(url, TEST_SETTINGS)
+    try:
+        migrate.upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        get_settings.cache_clear()
+
+
+def test_the_language_setting_is_baked_in_by_the_migration(
+    empty_database: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for engine in _migrate_with_language(empty_database, "german", monkeypatch):
+        with engine.connect() as connection:
+            vector = connection.execute(
+                text("SELECT chatdb_search_vector('Die Häuser und die Katzen')::text")
+            ).scalar_one()
+            found = connection.execute(
+                text(
+                    "SELECT chatdb_search_vector('Die Häuser und die Katzen') "
+                    "@@ chatdb_search_query('Haus')"
+                )
+            ).scalar_one()
+    # German stems (haus), the words as written (häuser, die) beside them.
+    assert {"'haus'", "'häuser'", "'die'"} <= {part.split(":")[0] for part in vector.split()}
+    assert found is True
+
+
+def test_simple_language_indexes_words_as_written(
+    empty_database: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for engine in _migrate_with_language(empty_database, "simple", monkeypatch):
+        with engine.connect() as connection:
+            vector = connection.execute(
+                text("SELECT chatdb_search_vector('Deploying the releases')::text")
+            ).scalar_one()
+    assert vector == "'deploying':1 'releases':3 'the':2"
+
+
+def test_an_unknown_language_stops_the_migration_clearly(
+    empty_database: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(RuntimeError, match="not a text search configuration"):
+        for _ in _migrate_with_language(empty_database, "klingon", monkeypatch):
+            pass
