@@ -104,6 +104,8 @@ MATRIX: dict[str, dict[str, int]] = {
         ADMIN: 200,
     },
     f"POST {C}/read": {ANON: 401, OUTSIDER: 404, MEMBER: 200, OWNER: 200, ADMIN: 403},
+    # search: anyone signed in finds what they may read (an outsider: nothing)
+    "GET /v1/search": {ANON: 401, OUTSIDER: 200, MEMBER: 200, OWNER: 200, ADMIN: 200},
     # reports: the admin key only
     "GET /v1/reports/activity": {ANON: 401, OUTSIDER: 403, MEMBER: 403, OWNER: 403, ADMIN: 200},
     "GET /v1/reports/inactive": {ANON: 401, OUTSIDER: 403, MEMBER: 403, OWNER: 403, ADMIN: 200},
@@ -207,6 +209,8 @@ def prepare(world: World, route: str) -> Request:
         body = {"title": "new", "member_ids": [member.id]}
     elif route == "GET /v1/users":
         params = {"username": owner.username}
+    elif route == "GET /v1/search":
+        params = {"q": "owner"}
     elif route == "GET /v1/reports/activity":
         params = {"tz": "UTC"}
 

@@ -15,7 +15,15 @@ from sqlalchemy.engine import URL
 from tests.conftest import drop_database
 from tests.test_cli import base_env, run_chatdb
 
-READS = ("last_50", "deep_page", "inbox_most", "activity_30d", "inactive_30d")
+READS = (
+    "last_50",
+    "deep_page",
+    "inbox_most",
+    "search_word",
+    "search_phrase",
+    "activity_30d",
+    "inactive_30d",
+)
 STATS = {"samples", "concurrency", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms", "throughput"}
 
 
@@ -75,8 +83,9 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
 
     send = report["writes"]["send"]
     assert set(send["floor"]) == set(send["data_layer"]) == {"1", "8"}
+    assert set(send["data_layer_without_search_index"]) == {"1", "8"}
     assert set(send["http"]) == {"1", "8", "32"}
-    for part in ("floor", "data_layer", "http"):
+    for part in ("floor", "data_layer", "data_layer_without_search_index", "http"):
         for workers, stats in send[part].items():
             assert_stats(stats, concurrency=int(workers))
 

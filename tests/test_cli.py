@@ -227,3 +227,48 @@ def test_embedded_server_keeps_data_across_restarts(tmp_path: Path) -> None:
         assert (elsewhere / "pgdata" / "PG_VERSION").exists()
     finally:
         run_chatdb("db", "stop", env=base_env(CHATDB_DATA_DIR=str(elsewhere)), cwd=work)
+
+
+def test_search_through_the_cli(migrated_url: str) -> None:
+    env = base_env(CHATDB_DATABASE_URL=migrated_url)
+
+    def ok(*args: str) -> str:
+        result = run_chatdb(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    ok("user", "create", "alice", "alice@example.org")
+    ok("user", "create", "bob", "bob@example.org")
+    ok("user", "create", "eve", "eve@example.org")
+    group = json.loads(
+        ok(
+            "conversation",
+            "create-group",
+            "--owner",
+            "alice",
+            "--title",
+            "T",
+            "--member",
+            "bob",
+            "--json",
+        )
+    )
+    cid = str(group["id"])
+    for body in ("deploy tonight", "deploy the release", "lunch plans", "deploy docs"):
+        ok("message", "send", cid, body, "--sender", "alice")
+
+    found = json.loads(ok("search", "deploy -docs", "--as", "bob", "--json"))
+    assert sorted(h["message"]["body"] for h in found["results"]) == [
+        "deploy the release",
+        "deploy tonight",
+    ]
+    assert json.loads(ok("search", "deploy", "--as", "eve", "--json"))["results"] == []
+    first = json.loads(ok("search", "deploy", "--limit", "2", "--json"))
+    rest = json.loads(ok("search", "deploy", "--cursor", first["next_cursor"], "--json"))
+    seqs = [h["message"]["seq"] for h in first["results"] + rest["results"]]
+    assert sorted(seqs) == [1, 2, 4]
+    assert rest["next_cursor"] is None
+    table = ok("search", '"the release"', "--from", "alice", "--conversation", cid)
+    assert "deploy the «release»" in table
+    assert_one_line_error(run_chatdb("search", "--", "-deploy", env=env), "nothing to search for")
+    assert_one_line_error(run_chatdb("search", "x", "--cursor", "nope", env=env), "cursor")

@@ -721,3 +721,67 @@ def test_a_phone_sized_screen_and_the_keyboard(server: Server, people: People) -
         "Typed on a phone, sent with Enter"
     )
     screenshot(page, "web-phone-inbox.png")
+
+
+def test_search_opens_the_conversation_at_the_message(
+    server: Server, people: People, database_url: str
+) -> None:
+    alice_token, bob_token = server.token("alice"), server.token("bob")
+    alice_id, bob_id = server.user_id("alice"), server.user_id("bob")
+    group = server.call(
+        "POST", "/v1/conversations", alice_token, json={"title": "Archive", "member_ids": [bob_id]}
+    )["id"]
+    engine = make_engine(make_url(database_url), TEST_SETTINGS)
+    try:
+        with transaction(engine) as session:
+            for n in range(1, 301):
+                body = "the <b>needle</b> is here" if n == 5 else f"filler message {n:03d}"
+                store.send_message(
+                    session=session, conversation_id=group, sender_id=alice_id, body=body
+                )
+    finally:
+        engine.dispose()
+    server.call("POST", f"/v1/conversations/{group}/read", bob_token, json={"seq": 300})
+
+    bob = sign_in(people, server, "bob")
+    box = bob.get_by_role("searchbox", name="Search messages")
+    box.fill("needles")
+    box.press("Enter")
+    hits = bob.locator("#search-list a.hit")
+    expect(hits).to_have_count(1)
+    expect(hits.locator("mark")).to_have_text("needle")
+    expect(hits.locator(".hit-snippet")).to_have_text("the <b>needle</b> is here")
+    expect(hits.locator(".hit-title")).to_have_text("Archive")
+    expect(bob.locator("#inbox-list")).to_be_hidden()
+    screenshot(bob, "web-search.png")
+
+    hits.click()
+    expect(bob.locator("#conv-title")).to_have_text("Archive")
+    found = bob.locator("#message-list li.msg.found")
+    expect(found).to_have_attribute("data-seq", "5")
+    expect(found.locator(".body")).to_have_text("the <b>needle</b> is here")
+    expect(found).to_be_in_viewport()
+    assert bob.locator("#chat b").count() == 0
+
+    # Another result in the open conversation moves to it.
+    box.fill("filler 250")
+    box.press("Enter")
+    expect(hits).to_have_count(1)
+    hits.click()
+    expect(found).to_have_attribute("data-seq", "250")
+    expect(found).to_be_in_viewport()
+
+    # Nothing to look for: the server's reason, no results.
+    box.fill("-needle")
+    box.press("Enter")
+    expect(bob.locator("#search-summary")).to_contain_text("nothing to search for")
+    expect(hits).to_have_count(0)
+    bob.get_by_role("button", name="Close search").click()
+    expect(bob.locator("#inbox-list")).to_be_visible()
+
+    # Someone who is not a member finds nothing.
+    carol = sign_in(people, server, "carol")
+    carol_box = carol.get_by_role("searchbox", name="Search messages")
+    carol_box.fill("needle")
+    carol_box.press("Enter")
+    expect(carol.locator("#search-summary")).to_have_text("No messages found.")

@@ -53,7 +53,7 @@ from chatdb.errors import (
     NotFound,
     SchemaOutdated,
 )
-from chatdb.store.types import InboxCursor
+from chatdb.store.types import InboxCursor, SearchCursor
 
 app = typer.Typer(
     help="chatdb: a chat storage service on PostgreSQL.",
@@ -823,6 +823,89 @@ def query_inactive(
     )
     if page.next_after_id and not as_json:
         errors.print(f"next page: --after {page.next_after_id}", highlight=False)
+
+
+# --- search ---
+
+_TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
+
+
+def _search_cursor(raw: str | None) -> SearchCursor | None:
+    if raw is None:
+        return None
+    try:
+        rank, stamp, conversation, seq = raw.split("/")
+        return SearchCursor(float(rank), datetime.fromisoformat(stamp), int(conversation), int(seq))
+    except ValueError as exc:
+        raise Invalid(
+            f"not a search cursor: {raw!r} (copy the one printed by the last page)"
+        ) from exc
+
+
+def _marked(snippet: list[tuple[str, bool]]) -> str:
+    return "".join(f"«{piece}»" if match else piece for piece, match in snippet)
+
+
+@app.command("search")
+def search(
+    text: Annotated[str, typer.Argument(help='Words, "a phrase", -word, or.')],
+    as_user: Annotated[
+        str | None,
+        typer.Option("--as", help="Search as this user: their conversations only (default: all)."),
+    ] = None,
+    conversation: Annotated[int | None, typer.Option(help="Only this conversation.", min=1)] = None,
+    from_user: Annotated[str | None, typer.Option("--from", help="Only this sender's.")] = None,
+    before: Annotated[
+        datetime | None, typer.Option(formats=_TIME_FORMATS, help="Sent before (UTC if no zone).")
+    ] = None,
+    after: Annotated[
+        datetime | None, typer.Option(formats=_TIME_FORMATS, help="Sent after (UTC if no zone).")
+    ] = None,
+    limit: LimitOpt = 20,
+    cursor: Annotated[str | None, typer.Option(help="Cursor printed by the previous page.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Full-text search of messages, most relevant first (matches in «»).
+
+    Text that starts with '-' goes after `--`: chatdb search -- -word other.
+    """
+    with unit_of_work() as session:
+        page = store.search_messages(
+            session=session,
+            q=text,
+            actor_id=resolve_user(session, as_user) if as_user else None,
+            conversation_id=conversation,
+            sender_id=resolve_user(session, from_user) if from_user else None,
+            before=before,
+            after=after,
+            cursor=_search_cursor(cursor),
+            limit=limit,
+        )
+    next_cursor = (
+        f"{page.next_cursor.rank!r}/{page.next_cursor.created_at.isoformat()}/"
+        f"{page.next_cursor.conversation_id}/{page.next_cursor.seq}"
+        if page.next_cursor
+        else None
+    )
+    if as_json:
+        print_json({"results": page.hits, "next_cursor": next_cursor})
+        return
+    print_table(
+        f"Messages matching {text!r}",
+        ["conversation", "seq", "sender", "message", "sent"],
+        [
+            (
+                h.message.conversation_id,
+                h.message.seq,
+                h.message.sender_name,
+                _marked(h.snippet),
+                h.message.created_at,
+            )
+            for h in page.hits
+        ],
+    )
+    if next_cursor:
+        errors.print(f"next page: --cursor '{next_cursor}'", highlight=False)
 
 
 # --- explain ---

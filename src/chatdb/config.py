@@ -51,6 +51,14 @@ class Settings(BaseSettings):
         description="Deleted conversations (and deleted messages' text) can be restored "
         "for this many days; `chatdb purge` removes them after.",
     )
+    search_language: str = Field(
+        default="english",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$",
+        description="Text search configuration for message search (stemming, stop words); "
+        "read by migration 0005, which bakes it into the search index.",
+    )
 
     # The HTTP API
     admin_key: str = Field(

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from chatdb.api.errors import ApiError
-from chatdb.store.types import InboxCursor
+from chatdb.store.types import InboxCursor, SearchCursor
 
 
 class CursorCodec:
@@ -49,3 +49,23 @@ class CursorCodec:
             return None
         stamp, conversation_id = self.decode("inbox", cursor)
         return InboxCursor(datetime.fromisoformat(stamp), int(conversation_id))
+
+    def search(self, cursor: SearchCursor | None) -> str | None:
+        if cursor is None:
+            return None
+        return self.encode(
+            "search",
+            [cursor.rank, cursor.created_at.isoformat(), cursor.conversation_id, cursor.seq],
+        )
+
+    def parse_search(self, cursor: str | None) -> SearchCursor | None:
+        if cursor is None:
+            return None
+        value = self.decode("search", cursor)
+        try:
+            rank, stamp, conversation_id, seq = value
+            return SearchCursor(
+                float(rank), datetime.fromisoformat(stamp), int(conversation_id), int(seq)
+            )
+        except (ValueError, TypeError) as exc:
+            raise ApiError(400, "bad_cursor", "the cursor is not valid") from exc

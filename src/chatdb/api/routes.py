@@ -633,6 +633,53 @@ def list_changes(
     )
 
 
+# --- search ---
+
+
+@router.get("/search", responses=_ERRORS, tags=["search"])
+def search(
+    caller: Caller,
+    db: Db,
+    cursors: Cursors,
+    q: Annotated[
+        str, Query(min_length=1, max_length=500, description='Words, "a phrase", -word, or')
+    ],
+    conversation_id: Annotated[int | None, Query(ge=1, le=schemas.BIGINT_MAX)] = None,
+    from_user: Annotated[int | None, Query(ge=1, le=schemas.BIGINT_MAX)] = None,
+    before: Annotated[datetime | None, Query(description="Sent before this time")] = None,
+    after: Annotated[datetime | None, Query(description="Sent after this time")] = None,
+    limit: Limit = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> schemas.SearchPageOut:
+    """Messages of your conversations that match `q`, most relevant first (newest
+    first among equals), with the matching words marked in `snippet`."""
+    after_hit = cursors.parse_search(cursor)
+    with db.read_transaction() as session:
+        page = store.search_messages(
+            session=session,
+            q=q,
+            actor_id=caller.actor_id,
+            conversation_id=conversation_id,
+            sender_id=from_user,
+            before=before,
+            after=after,
+            cursor=after_hit,
+            limit=limit,
+        )
+    return schemas.SearchPageOut(
+        results=[
+            schemas.SearchHitOut(
+                message=message_out(hit.message),
+                conversation_title=hit.conversation_title,
+                snippet=[schemas.SnippetPiece(text=t, match=m) for t, m in hit.snippet],
+                rank=hit.rank,
+            )
+            for hit in page.hits
+        ],
+        next_cursor=cursors.search(page.next_cursor),
+    )
+
+
 # --- reports (admin) ---
 
 

@@ -162,6 +162,28 @@ class ReadOut(BaseModel):
     unread_count: int
 
 
+# --- search ----------------------------------------------------------------------------------
+
+
+class SnippetPiece(BaseModel):
+    text: str
+    # True for a word that matched the search.
+    match: bool
+
+
+class SearchHitOut(BaseModel):
+    message: MessageOut
+    conversation_title: str | None
+    # The matching part of the message; show each piece as text, matches highlighted.
+    snippet: list[SnippetPiece]
+    rank: float
+
+
+class SearchPageOut(BaseModel):
+    results: list[SearchHitOut]
+    next_cursor: str | None
+
+
 # --- changes and reports ---------------------------------------------------------------
 
 

@@ -89,8 +89,11 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         for part, name in (
             ("floor", "floor (psycopg)"),
             ("data_layer", "data layer"),
+            ("data_layer_without_search_index", "data layer, search index dropped"),
             ("http", "HTTP"),
         ):
+            if part not in send:
+                continue
             cells = []
             for c in levels:
                 s = send[part].get(str(c))

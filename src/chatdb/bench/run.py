@@ -41,6 +41,12 @@ Progress = Callable[[str], None]
 MESSAGE_PAGE = 50
 INBOX_PAGE = 20
 INACTIVE_PAGE = 50
+SEARCH_PAGE = 20
+# Words of the seeded messages (chatdb.seed): one in about 3 % of messages, and a phrase.
+SEARCH_WORD = "invoice"
+SEARCH_PHRASE = '"release notes"'
+# A message like the seeded ones: what the search index has to take in per send.
+SEND_BODY = "Just merged the release notes, can you review the budget report before standup?"
 DEEP = 100_000
 HTTP_CLIENTS = (1, 8, 32)
 THREADS = 8
@@ -186,6 +192,29 @@ def read_ops(t: Targets, auth: dict[int, dict[str, str]], admin: dict[str, str])
                 http.HttpCall("GET", "/v1/conversations", auth[user_id], params={"limit": 20}),
             )
         )
+    # Search as the reader: a word found in every conversation, across all of
+    # theirs, and a phrase in the longest conversation.
+    for name, label, q, in_conversation in (
+        (
+            "search_word",
+            f"search {SEARCH_WORD!r}, all the reader's conversations",
+            SEARCH_WORD,
+            None,
+        ),
+        ("search_phrase", f"search {SEARCH_PHRASE} in the longest conversation", SEARCH_PHRASE, c),
+    ):
+        params: dict[str, Any] = {"q": q, "limit": SEARCH_PAGE}
+        if in_conversation is not None:
+            params["conversation_id"] = in_conversation
+        ops.append(
+            ReadOp(
+                name,
+                label,
+                store.search_statement(q, reader, in_conversation, SEARCH_PAGE),
+                _search_call(q, reader, in_conversation),
+                http.HttpCall("GET", "/v1/search", auth[reader], params=params),
+            )
+        )
     ops += [
         ReadOp(
             "activity_30d",
@@ -210,6 +239,19 @@ def read_ops(t: Targets, auth: dict[int, dict[str, str]], admin: dict[str, str])
         ),
     ]
     return ops
+
+
+def _search_call(q: str, user_id: int, conversation_id: int | None) -> Callable[[Session], object]:
+    def call(session: Session) -> object:
+        return store.search_messages(
+            session=session,
+            q=q,
+            actor_id=user_id,
+            conversation_id=conversation_id,
+            limit=SEARCH_PAGE,
+        )
+
+    return call
 
 
 def _inbox_call(user_id: int) -> Callable[[Session], object]:
@@ -518,7 +560,7 @@ def _sends(
             params = {
                 "conversation_id": conversation_id,
                 "sender_id": sender_id,
-                "body": "bench: floor",
+                "body": SEND_BODY,
                 "idempotency_key": None,
             }
 
@@ -536,7 +578,7 @@ def _sends(
                     session=s,
                     conversation_id=conversation_id,
                     sender_id=sender_id,
-                    body="bench: data layer",
+                    body=SEND_BODY,
                 ),
             )
 
@@ -549,7 +591,38 @@ def _sends(
         entry["data_layer"][str(workers)] = _stats(
             time_concurrent(store_sender, workers, budgets.send)
         )
+    entry["data_layer_without_search_index"] = _sends_without_search_index(
+        url, t, budgets, progress, store_sender_for=lambda i: store_sender(i)
+    )
     result.writes["send"] = entry
+
+
+def _sends_without_search_index(
+    url: URL,
+    t: Targets,
+    budgets: Budgets,
+    progress: Progress,
+    *,
+    store_sender_for: Callable[[int], Callable[[], object]],
+) -> dict[str, Any]:
+    """The same data-layer sends with the search index dropped, then rebuilt:
+    what the index costs a send, measured minutes apart on the same machine."""
+    with psycopg.connect(psycopg_conninfo(url), autocommit=True) as conn:
+        found = conn.execute("SELECT pg_get_indexdef('ix_messages_search'::regclass)").fetchone()
+        assert found is not None
+        conn.execute("DROP INDEX ix_messages_search")
+        measured: dict[str, Any] = {}
+        try:
+            for workers in (1, THREADS):
+                progress(f"sends without the search index: {workers} sender(s)")
+                measured[str(workers)] = _stats(
+                    time_concurrent(store_sender_for, workers, budgets.send)
+                )
+        finally:
+            progress("rebuilding the search index")
+            conn.execute("SET statement_timeout = 0")
+            conn.execute(found[0])
+    return measured
 
 
 def _http(

@@ -65,6 +65,7 @@ from chatdb.store.retention import (
     purge_conversations_batch,
     purge_due,
 )
+from chatdb.store.search import search_messages, search_statement
 from chatdb.store.users import (
     create_user,
     delete_user,
@@ -124,6 +125,8 @@ __all__ = [
     "restore_message",
     "revoke_all_tokens",
     "revoke_token",
+    "search_messages",
+    "search_statement",
     "send_message",
     "set_member_role",
     "set_password",

@@ -150,3 +150,35 @@ class InactivePage:
 # Rows and statements of any shape, for the helpers that map rows to the values above.
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
 AnySelect: TypeAlias = Select[*tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchCursor:
+    """Where a search page ended: the last hit's rank, time and key."""
+
+    rank: float
+    created_at: datetime
+    conversation_id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    message: Message
+    # The group's title, or for a direct conversation the other user's name.
+    conversation_title: str | None
+    # The matching part of the text: (text, is_match) pieces, to be shown as text.
+    snippet: list[tuple[str, bool]]
+    rank: float
+
+    @property
+    def cursor(self) -> SearchCursor:
+        return SearchCursor(
+            self.rank, self.message.created_at, self.message.conversation_id, self.message.seq
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    hits: list[SearchHit]
+    next_cursor: SearchCursor | None

@@ -7,6 +7,7 @@ import { Dialogs } from "./dialogs.js";
 import { $, fill, h, initials, shortTime, timeEl, toast } from "./dom.js";
 import { EventStream } from "./events.js";
 import { Outbox } from "./outbox.js";
+import { Search } from "./search.js";
 
 // Per tab (sessionStorage): two windows can be two different people.
 const SESSION_KEY = "chatdb.session";
@@ -28,6 +29,7 @@ class App {
     this.inboxTimer = 0;
     this.inboxLoading = null;
     this.dialogs = new Dialogs(this);
+    this.search = new Search(this);
 
     $("#signin-form").addEventListener("submit", (e) => {
       e.preventDefault();
@@ -238,13 +240,18 @@ class App {
 
   route() {
     if (!this.me) return;
-    const match = location.hash.match(/^#\/c\/(\d{1,18})$/);
+    // #/c/ID is a conversation; #/c/ID/m/SEQ the same, opened at a message (search).
+    const match = location.hash.match(/^#\/c\/(\d{1,18})(?:\/m\/(\d{1,18}))?$/);
     const id = match ? Number(match[1]) : null;
-    if (this.view && this.view.id === id) return;
-    this.show(id);
+    const seq = match?.[2] ? Number(match[2]) : null;
+    if (this.view && this.view.id === id) {
+      if (seq !== null) this.view.reveal(seq);
+      return;
+    }
+    this.show(id, seq);
   }
 
-  show(id) {
+  show(id, seq = null) {
     const previous = this.view?.id ?? null;
     this.view?.close();
     this.view = null;
@@ -253,7 +260,7 @@ class App {
     $("#conv-empty").hidden = id !== null;
     $("#conv-pane").hidden = id === null;
     if (id !== null) {
-      this.view = new ConversationView(this, id);
+      this.view = new ConversationView(this, id, seq);
       this.view.open();
       // Wide screens: straight to writing. Phones: to the heading (no keyboard pop-up).
       if (window.matchMedia("(min-width: 720px)").matches) $("#composer-input").focus();

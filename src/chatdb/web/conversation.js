@@ -13,7 +13,7 @@ const NEAR_BOTTOM_PX = 80;
 const MAX_INITIAL = 1000;
 
 export class ConversationView {
-  constructor(app, conversationId) {
+  constructor(app, conversationId, revealSeq = null) {
     this.app = app;
     this.api = app.api;
     this.me = app.me;
@@ -40,6 +40,7 @@ export class ConversationView {
     this.closed = false;
     this.readTimer = 0;
     this.listeners = new AbortController();
+    this.revealSeq = revealSeq; // a message to show once loaded (opened from search)
 
     this.pane = $("#conv-pane");
     this.log = $("#messages");
@@ -151,6 +152,7 @@ export class ConversationView {
       this.checkRead();
       this.fillViewport();
       this.loadMembers();
+      if (this.revealSeq !== null) this.reveal(this.revealSeq);
     } catch (error) {
       if (this.closed) return;
       this.log.removeAttribute("aria-busy");
@@ -388,10 +390,49 @@ export class ConversationView {
       this.log.removeAttribute("aria-busy");
       this.updateStatus(ok ? null : "Could not load earlier messages.");
     }
-    if (ok) this.fillViewport();
+    if (this.revealSeq !== null) this.reveal(this.revealSeq);
+    else if (ok) this.fillViewport();
   }
 
   /** Load older pages while the reader is near the top (or the page does not fill the view). */
+  /** Show message `seq`, loading the history down to it, and mark it. */
+  async reveal(seq) {
+    this.revealSeq = seq;
+    if (!this.ready || this.closed || this.loadingOlder) return;
+    this.loadingOlder = true;
+    this.log.setAttribute("aria-busy", "true");
+    try {
+      while (this.hasOlder && this.oldest > seq) {
+        const page = await this.api.get(
+          `/v1/conversations/${this.id}/messages?before=${this.oldest}&limit=${MAX_PAGE}`,
+        );
+        if (this.closed) return;
+        this.hasOlder = page.has_older;
+        this.insert(page.messages, "start");
+      }
+    } catch (error) {
+      if (!(error instanceof NetworkError)) console.error(error);
+    } finally {
+      this.loadingOlder = false;
+      this.log.removeAttribute("aria-busy");
+      if (!this.closed) this.updateStatus();
+    }
+    if (this.closed || this.revealSeq !== seq) return;
+    this.revealSeq = null;
+    const li = this.itemOf(seq);
+    if (!li) {
+      toast("That message could not be shown.");
+      return;
+    }
+    this.list.querySelector("li.msg.found")?.classList.remove("found");
+    li.classList.add("found");
+    li.setAttribute("tabindex", "-1");
+    li.scrollIntoView({ block: "center" });
+    li.focus({ preventScroll: true });
+    this.updateJump();
+    this.checkRead();
+  }
+
   fillViewport() {
     if (this.hasOlder && this.log.scrollTop < NEAR_TOP_PX) this.loadOlder();
   }
