@@ -33,6 +33,8 @@ DISTRIBUTED = {
     "messages": "conversation_id",
     "changes": "conversation_id",
     "message_activity": "conversation_id",
+    "message_reactions": "conversation_id",
+    "message_mentions": "conversation_id",
     "sign_in_failures": "key_hash",
 }
 REFERENCE = {"users", "auth_tokens"}
