@@ -57,7 +57,7 @@ QUOTE_MAX = 200
 # @names looked up per message; more are ignored.
 MENTIONS_MAX = 50
 # A mention is @ and a username, not inside a word or an e-mail address.
-_MENTION = re.compile(r"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9_.-]{1,%d})" % models.USERNAME_MAX)
+_MENTION = re.compile(rf"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9_.-]{{1,{models.USERNAME_MAX}}})")
 
 
 def mentioned_names(body: str) -> list[str]:
