@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.orm import Session
 
 from chatdb import models, store
@@ -338,3 +338,26 @@ def test_reading_past_a_mention_takes_it_off_the_count(session: Session) -> None
     assert inbox_mentions(session, bob)[group.id] == 1
     store.mark_read(session=session, conversation_id=group.id, user_id=bob.id, seq=100)
     assert inbox_mentions(session, bob)[group.id] == 0
+
+
+def test_purging_a_conversation_takes_its_threads_reactions_and_mentions(
+    session: Session,
+) -> None:
+    alice, bob = make_user(session, "alice_p"), make_user(session, "bob_p")
+    group = make_group(session, alice, bob)
+    root = say(session, group, alice, "root @bob_p")
+    for i in range(3):
+        reply = say(session, group, bob, f"reply {i} @alice_p", reply_to=root.seq)
+        react(session, group, alice, reply.seq, "👍")
+    store.delete_conversation(session=session, conversation_id=group.id)
+    session.execute(
+        update(models.Conversation)
+        .where(models.Conversation.id == group.id)
+        .values(deleted_at=func.now() - text("interval '2 days'"))
+    )
+    assert store.purge_conversations_batch(session=session, retention_days=1) == [group.id]
+    for model in (models.Message, models.MessageReaction, models.MessageMention):
+        remaining = session.execute(
+            select(func.count()).where(model.conversation_id == group.id)
+        ).scalar_one()
+        assert remaining == 0, model
