@@ -298,15 +298,26 @@ def send_message(
         idempotency_key = clean_text(
             idempotency_key, field="idempotency key", max_length=models.IDEMPOTENCY_KEY_MAX
         )
+    original_deleted = False
+    if reply_to_seq is not None:
+        # Membership first, so a non-member learns nothing about the message.
+        _require_member(session, conversation_id, sender_id)
+        original_deleted = _lock_original(session, conversation_id, reply_to_seq)
     _lock_for_send(session, conversation_id)
     if idempotency_key is not None:
         replay = _find_replay(session, conversation_id, sender_id, idempotency_key, body)
         if replay is not None:
             return SendResult(replay, created=False)
     if reply_to_seq is not None:
-        # Membership first, so a non-member learns nothing about the message.
-        _require_member(session, conversation_id, sender_id)
-        _count_reply(session, conversation_id, reply_to_seq)
+        if original_deleted:
+            raise Invalid(
+                f"message {reply_to_seq} is deleted; a reply needs a message that is not deleted"
+            )
+        session.execute(
+            update(M)
+            .where(M.conversation_id == conversation_id, M.seq == reply_to_seq)
+            .values(reply_count=M.reply_count + 1)
+        )
     mentions = mentioned_names(body)
     with translated_errors():
         row = session.execute(
@@ -327,28 +338,23 @@ def send_message(
     return SendResult(_message(row), created=True)
 
 
-def _count_reply(session: Session, conversation_id: int, seq: int) -> None:
-    """Add one to the original's reply count, before the reply is inserted.
+def _lock_original(session: Session, conversation_id: int, seq: int) -> bool:
+    """Lock the message a reply answers (whose reply count the send raises);
+    returns whether it is deleted.
 
-    The original's row lock is taken before the send statement locks the
-    conversation row for update, the same order as edits and deletes (message,
-    then conversation), so the two cannot deadlock. The UPDATE fires the
-    activity rollup's statement trigger; with the same sender and time on both
-    sides it nets to nothing and writes nothing."""
-    counted = session.execute(
-        update(M)
-        .where(M.conversation_id == conversation_id, M.seq == seq, M.deleted_at.is_(None))
-        .values(reply_count=M.reply_count + 1)
-        .returning(M.seq)
-    ).first()
-    if counted is not None:
-        return
-    found = session.execute(
-        select(M.seq).where(M.conversation_id == conversation_id, M.seq == seq)
-    ).first()
-    if found is None:
+    Taken before the conversation row, the order edits, deletes and reactions
+    lock in (message, then conversation), so a reply and an edit of its
+    original cannot deadlock. Raising the count fires the activity rollup's
+    statement trigger; with the same sender and time on both sides it nets to
+    nothing and writes nothing."""
+    row = session.execute(
+        select(M.deleted_at)
+        .where(M.conversation_id == conversation_id, M.seq == seq)
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: what the count's UPDATE takes
+    ).one_or_none()
+    if row is None:
         raise NotFound(f"no message {seq} in conversation {conversation_id}")
-    raise Invalid(f"message {seq} is deleted; a reply needs a message that is not deleted")
+    return row.deleted_at is not None
 
 
 def _lock_for_send(session: Session, conversation_id: int) -> None:
@@ -661,13 +667,19 @@ def mark_read(*, session: Session, conversation_id: int, user_id: int, seq: int)
     seq_value(seq)
     member = models.ConversationMember
     conversation = models.Conversation
+    # The conversation row first, as sends lock it (then the mentioned members'
+    # rows): taking the member row first would deadlock with a send that
+    # mentions this member. Holding it, no send is in flight, so the statement
+    # below sees every mention up to last_seq.
+    live = session.execute(
+        select(conversation.id)
+        .where(conversation.id == conversation_id, conversation.deleted_at.is_(None))
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE, as a send's counter takes
+    ).first()
+    if live is None:
+        raise NotFound(f"no conversation with id {conversation_id}")
     target = func.least(seq, conversation.last_seq)
-    # The mentions now read are those between the old and the new marker. A
-    # subtraction, not a recount: if a send mentioning this member commits
-    # while we wait for the member row, PostgreSQL re-reads the row (with that
-    # send's +1) but not our snapshot, which misses the new mention; it lies
-    # after `target` (at most the last_seq we saw), so it is not subtracted and
-    # the count stays exact.
+    # The mentions now read: those between the old and the new marker.
     now_read = (
         select(func.count())
         .where(
@@ -765,12 +777,12 @@ def add_reaction(
     positive_id(seq, field="seq")
     emoji = clean_emoji(emoji, max_length=models.EMOJI_MAX)
     _require_member(session, conversation_id, user_id)
-    # KEY SHARE, what the foreign key check takes anyway: a concurrent delete
-    # waits for us (and then hides the reaction with the message), or we see it.
+    # FOR KEY SHARE, what the foreign key check takes anyway: a concurrent
+    # delete (FOR UPDATE) waits for us, or we wait for it and see it.
     target = session.execute(
         select(M.deleted_at)
         .where(M.conversation_id == conversation_id, M.seq == seq)
-        .with_for_update(key_share=True)
+        .with_for_update(read=True, key_share=True)
     ).one_or_none()
     if target is None:
         raise NotFound(f"no message {seq} in conversation {conversation_id}")
