@@ -60,7 +60,8 @@ def _with_messages(session: Session, rows: Iterable[AnyRow]) -> list[Change]:
     messages: dict[tuple[int, int], Message] = {}
     if keys:
         found = session.execute(
-            _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys)))
+            _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys))),
+            {"viewer": None},
         )
         messages = {(m.conversation_id, m.seq): _message(m) for m in found}
     return [

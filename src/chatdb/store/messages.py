@@ -198,10 +198,13 @@ def _message(row: AnyRow) -> Message:
     )
 
 
-def _select_messages(viewer: int | None = None) -> AnySelect:
-    """Messages with their sender, quote and reactions (`me`: reactions by `viewer`)."""
+@lru_cache(maxsize=1)
+def _select_messages() -> AnySelect:
+    """Messages with their sender, quote and reactions; `me` is about the
+    execution parameter `viewer` (None: nobody). Built once: building the
+    subqueries cost more than running the query."""
     messages = M.__table__
-    columns, join = _message_extras(messages, literal(viewer, BigInteger))
+    columns, join = _message_extras(messages, bindparam("viewer", type_=BigInteger))
     return select(*_MESSAGE_COLUMNS, *columns).select_from(
         join(messages.outerjoin(U.__table__, U.id == M.sender_id))
     )
@@ -394,7 +397,8 @@ def _find_replay(
             M.conversation_id == conversation_id,
             M.sender_id == sender_id,
             M.idempotency_key == key,
-        )
+        ),
+        {"viewer": sender_id},
     ).one_or_none()
     if row is None:
         return None
@@ -414,7 +418,8 @@ def get_message(
 
 def _read_message(session: Session, conversation_id: int, seq: int, viewer: int | None) -> Message:
     row = session.execute(
-        _select_messages(viewer).where(M.conversation_id == conversation_id, M.seq == seq)
+        _select_messages().where(M.conversation_id == conversation_id, M.seq == seq),
+        {"viewer": viewer},
     ).one_or_none()
     if row is None:
         raise NotFound(f"no message {seq} in conversation {conversation_id}")
@@ -758,10 +763,11 @@ def list_replies(
     _require_member(session, conversation_id, actor_id)
     parent = _read_message(session, conversation_id, seq, actor_id)
     rows = session.execute(
-        _select_messages(actor_id)
+        _select_messages()
         .where(M.conversation_id == conversation_id, M.reply_to_seq == seq, M.seq > after)
         .order_by(M.seq)
-        .limit(limit + 1)
+        .limit(limit + 1),
+        {"viewer": actor_id},
     ).all()
     return ThreadPage(
         parent=parent, replies=[_message(r) for r in rows[:limit]], has_more=len(rows) > limit
