@@ -522,6 +522,7 @@ def _sends(
                 "sender_id": sender_id,
                 "body": "bench: floor",
                 "idempotency_key": None,
+                "reply_to_seq": None,
             }
 
             def call() -> None:
