@@ -15,7 +15,8 @@ What the path parameters point at:
   the conversation's restore);
 - /v1/users/{user_id}: the owner's account (so the owner acts on themself),
   except DELETE, which targets a new user made for the case;
-- .../members/{user_id}: the plain member (so for the member, DELETE is leaving).
+- .../members/{user_id}: the plain member (so for the member, DELETE is leaving);
+- .../reactions/{emoji}: 👍.
 """
 
 from __future__ import annotations
@@ -106,6 +107,28 @@ MATRIX: dict[str, dict[str, int]] = {
     f"POST {C}/read": {ANON: 401, OUTSIDER: 404, MEMBER: 200, OWNER: 200, ADMIN: 403},
     # search: anyone signed in finds what they may read (an outsider: nothing)
     "GET /v1/search": {ANON: 401, OUTSIDER: 200, MEMBER: 200, OWNER: 200, ADMIN: 200},
+    # threads: read like messages; reactions: any member, as themself (not the admin key)
+    f"GET {C}/messages/{{seq}}/replies": {
+        ANON: 401,
+        OUTSIDER: 404,
+        MEMBER: 200,
+        OWNER: 200,
+        ADMIN: 200,
+    },
+    f"PUT {C}/messages/{{seq}}/reactions/{{emoji}}": {
+        ANON: 401,
+        OUTSIDER: 404,
+        MEMBER: 200,
+        OWNER: 200,
+        ADMIN: 403,
+    },
+    f"DELETE {C}/messages/{{seq}}/reactions/{{emoji}}": {
+        ANON: 401,
+        OUTSIDER: 404,
+        MEMBER: 200,
+        OWNER: 200,
+        ADMIN: 403,
+    },
     # reports: the admin key only
     "GET /v1/reports/activity": {ANON: 401, OUTSIDER: 403, MEMBER: 403, OWNER: 403, ADMIN: 200},
     "GET /v1/reports/inactive": {ANON: 401, OUTSIDER: 403, MEMBER: 403, OWNER: 403, ADMIN: 200},
@@ -214,7 +237,7 @@ def prepare(world: World, route: str) -> Request:
     elif route == "GET /v1/reports/activity":
         params = {"tz": "UTC"}
 
-    path = template.format(conversation_id=conversation, user_id=user_id, seq=seq)
+    path = template.format(conversation_id=conversation, user_id=user_id, seq=seq, emoji="👍")
     return Request(method, path, body, params)
 
 

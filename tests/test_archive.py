@@ -71,6 +71,27 @@ def test_old_messages_move_to_the_archive_and_the_rest_stay(session: Session) ->
     assert [m.seq for m in page.messages] == [7, 8, 9, 10]
 
 
+def test_a_thread_moves_whole_or_stays(session: Session) -> None:
+    alice, bob = make_user(session), make_user(session)
+    group = make_group(session, alice, bob)
+    send(session, group, alice, "old question")  # 1: answered recently
+    send(session, group, alice, "old remark")  # 2: answered long ago
+    for original in (1, 2):
+        store.send_message(
+            session=session,
+            conversation_id=group.id,
+            sender_id=bob.id,
+            body=f"answer to {original}",
+            reply_to_seq=original,
+        )  # 3 answers 1, 4 answers 2
+    _age(session, group.id, range(1, 3), days=400)
+    _age(session, group.id, range(4, 5), days=390)
+
+    assert store.archive_messages_batch(session=session, cutoff=_cutoff(365)) == 2
+    live = session.scalars(select(M.seq).where(M.conversation_id == group.id).order_by(M.seq))
+    assert list(live) == [1, 3]  # the recent answer keeps its question
+
+
 def test_a_purged_conversation_takes_its_archive_with_it(session: Session) -> None:
     alice = make_user(session)
     group = make_group(session, alice)

@@ -70,6 +70,11 @@ def test_backup_and_restore_reproduce_every_row(
     ok("message", "delete", "1", "1", env=source)
     ok("archive", "--older-than-days", "60", env=source)
     ok("conversation", "delete", "2", env=source)
+    # A reply that mentions a member, and a reaction.
+    first, second = json.loads(ok("member", "list", "1", "--json", env=source))[:2]
+    ok("message", "send", "1", f"@{second['username']} see above", "--sender",
+       first["username"], "--reply-to", "2", env=source)  # fmt: skip
+    ok("message", "react", "1", "2", "👍", "--user", first["username"], env=source)
     engine = make_engine(fresh_database, TEST_SETTINGS)
     with engine.begin() as connection:
         connection.execute(

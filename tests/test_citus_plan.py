@@ -34,6 +34,8 @@ DISTRIBUTED = {
     "changes": "conversation_id",
     "message_activity": "conversation_id",
     "messages_archive": "conversation_id",
+    "message_reactions": "conversation_id",
+    "message_mentions": "conversation_id",
     "sign_in_failures": "key_hash",
 }
 REFERENCE = {"users", "auth_tokens"}

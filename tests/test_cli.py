@@ -190,6 +190,54 @@ def test_a_chat_through_the_cli(migrated_url: str) -> None:
     assert "no user named" in gone.stderr
 
 
+def test_replies_reactions_and_mentions_through_the_cli(migrated_url: str) -> None:
+    env = base_env(CHATDB_DATABASE_URL=migrated_url)
+
+    def ok(*args: str) -> str:
+        result = run_chatdb(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    ok("user", "create", "alice", "alice@example.org")
+    ok("user", "create", "bob", "bob@example.org")
+    group = json.loads(
+        ok(
+            "conversation",
+            "create-group",
+            "--owner",
+            "alice",
+            "--title",
+            "T",
+            "--member",
+            "bob",
+            "--json",
+        )
+    )
+    cid = str(group["id"])
+    ok("message", "send", cid, "lunch, @bob?", "--sender", "alice")
+    reply = json.loads(
+        ok("message", "send", cid, "yes", "--sender", "bob", "--reply-to", "1", "--json")
+    )
+    assert reply["message"]["reply_to"]["body"] == "lunch, @bob?"
+    thread = json.loads(ok("message", "replies", cid, "1", "--json"))
+    assert thread["parent"]["reply_count"] == 1
+    assert [m["body"] for m in thread["replies"]] == ["yes"]
+    reacted = json.loads(ok("message", "react", cid, "1", "🎉", "--user", "bob", "--json"))
+    assert reacted["reactions"] == [{"emoji": "🎉", "count": 1, "me": True}]
+    assert "🎉1" in ok("message", "list", cid)
+    removed = json.loads(
+        ok("message", "react", cid, "1", "🎉", "--user", "bob", "--remove", "--json")
+    )
+    assert removed["reactions"] == []
+    assert_one_line_error(
+        run_chatdb("message", "react", cid, "1", "ok", "--user", "bob", env=env), "not an emoji"
+    )
+    (entry,) = json.loads(ok("query", "inbox", "bob", "--json"))["entries"]
+    assert entry["unread_mention_count"] == 0  # bob's reply read up to it
+    (entry,) = json.loads(ok("query", "inbox", "alice", "--json"))["entries"]
+    assert entry["unread_mention_count"] == 0
+
+
 def test_explain_prints_the_plan(migrated_url: str) -> None:
     env = base_env(CHATDB_DATABASE_URL=migrated_url)
     run_chatdb("user", "create", "alice", "alice@example.org", env=env)

@@ -77,14 +77,19 @@ def _snapshot(engine: Engine) -> tuple[Any, ...]:
         constraints = _sorted(
             connection,
             "SELECT conname || ' ' || pg_get_constraintdef(oid) "
-            "FROM pg_constraint WHERE conrelid = 'messages'::regclass",
+            "FROM pg_constraint WHERE conrelid = 'messages'::regclass AND conparentid = 0",
+        )
+        referencing = _sorted(
+            connection,
+            "SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE confrelid = 'messages'::regclass AND conparentid = 0",
         )
         triggers = _sorted(
             connection,
             "SELECT pg_get_triggerdef(oid) FROM pg_trigger "
             "WHERE tgrelid = 'messages'::regclass AND NOT tgisinternal",
         )
-    return messages, activity, definitions, constraints, triggers
+    return messages, activity, definitions, constraints, referencing, triggers
 
 
 def _sorted(connection: Any, query: str) -> list[str]:

@@ -9,6 +9,7 @@ a timeout, never assertions about speed. Screenshots go to artifacts/.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -785,3 +786,81 @@ def test_search_opens_the_conversation_at_the_message(
     carol_box.fill("needle")
     carol_box.press("Enter")
     expect(carol.locator("#search-summary")).to_have_text("No messages found.")
+
+
+def stored(page: Page, body: str) -> Any:
+    """Stored messages whose own text (not a quote of them) is exactly `body`."""
+    return page.locator("#message-list li.msg").filter(
+        has=page.locator("p.body", has_text=re.compile(f"^{re.escape(body)}$"))
+    )
+
+
+def test_reply_react_and_mention(server: Server, people: People) -> None:
+    """Bob replies to a message and alice sees the quote and the thread; both
+    react and see each other's reactions live; alice mentions bob, who sees it
+    in his inbox and in the message; a deleted original is quoted as deleted."""
+    alice = sign_in(people, server, "alice")
+    bob = sign_in(people, server, "bob")
+    open_conversation(alice, "Demo team")
+    open_conversation(bob, "Demo team")
+    original = "Morning all! Stand-up in 10 minutes?"
+
+    stored(bob, original).hover()
+    stored(bob, original).get_by_role("button", name="Reply to message").click()
+    expect(bob.locator("#reply-bar")).to_contain_text(f"Replying to Alice Martin: {original}")
+    send(bob, "I'm in")
+    expect(bob.locator("#reply-bar")).to_be_hidden()
+    reply = stored(alice, "I'm in")
+    expect(reply.locator(".quote")).to_contain_text(original)
+    expect(reply.locator(".quote .quote-sender")).to_have_text("You")
+    replies_link = stored(alice, original).get_by_role("button", name="1 reply")
+    expect(replies_link).to_be_visible()
+    replies_link.click()
+    thread = alice.locator("#thread")
+    expect(thread.locator(".thread-item.parent .body")).to_have_text(original)
+    expect(thread.locator(".thread-item.reply .body")).to_have_text(["I'm in"])
+    thread.get_by_role("button", name="Close").click()
+
+    reply.hover()
+    reply.get_by_role("button", name="React to message").click()
+    alice.get_by_role("button", name="React with 🎉").click()
+    bob_chip = stored(bob, "I'm in").locator(".reaction")
+    expect(bob_chip).to_have_text("🎉 1")
+    expect(bob_chip).to_have_attribute("aria-pressed", "false")
+    bob_chip.click()
+    expect(bob_chip).to_have_text("🎉 2")
+    expect(bob_chip).to_have_attribute("aria-pressed", "true")
+    alice_chip = reply.locator(".reaction")
+    expect(alice_chip).to_have_text("🎉 2")
+    expect(alice_chip).to_have_attribute("aria-pressed", "true")  # still hers too
+    alice_chip.click()
+    expect(bob_chip).to_have_text("🎉 1")
+    expect(bob_chip).to_have_attribute("aria-pressed", "true")
+    expect(alice_chip).to_have_attribute("aria-pressed", "false")
+    assert_readable(alice)
+    screenshot(alice, "web-replies-reactions.png")
+
+    # A mention, typed with the suggestion list, while bob looks elsewhere.
+    open_conversation(bob, "Alice Martin")
+    box = alice.get_by_label("Message", exact=True)
+    box.press_sequentially("@bo")
+    expect(alice.locator("#mention-list")).to_contain_text("@bob")
+    box.press("Tab")
+    expect(box).to_have_value("@bob ")
+    box.press_sequentially("please tag the release")
+    box.press("Enter")
+    team = entry(bob, "Demo team")
+    expect(team.locator(".mention-badge .count")).to_have_text("@1")
+    team.click()
+    mention = stored(bob, "@bob please tag the release")
+    expect(mention.locator(".mention.me")).to_have_text("@bob")
+    expect(mention).to_have_class(re.compile(r"\bmentions-me\b"))
+    expect(team.locator(".mention-badge")).to_have_count(0)
+    assert_readable(bob)
+
+    # The original deleted: the reply quotes a deleted message, never its text.
+    stored(alice, original).hover()
+    stored(alice, original).get_by_role("button", name="Delete message").click()
+    bob_reply = stored(bob, "I'm in")
+    expect(bob_reply.locator(".quote")).to_contain_text("Deleted message")
+    expect(bob_reply.locator(".quote")).not_to_contain_text("Stand-up")

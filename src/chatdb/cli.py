@@ -558,12 +558,32 @@ def member_list(
 
 # --- messages ---
 
-_MESSAGE_COLUMNS = ["seq", "sender", "message", "sent", "edited", "deleted"]
+_MESSAGE_COLUMNS = [
+    "seq",
+    "sender",
+    "message",
+    "sent",
+    "edited",
+    "deleted",
+    "reply to",
+    "replies",
+    "reactions",
+]
 
 
 def _message_row(m: store.types.Message) -> tuple[Any, ...]:
     body = m.body if m.deleted_at is None else "(deleted)"
-    return (m.seq, m.sender_name, body, m.created_at, m.edited_at, m.deleted_at)
+    return (
+        m.seq,
+        m.sender_name,
+        body,
+        m.created_at,
+        m.edited_at,
+        m.deleted_at,
+        m.reply_to_seq,
+        m.reply_count or None,
+        " ".join(f"{r.emoji}{r.count}" for r in m.reactions) or None,
+    )
 
 
 def _show_messages(page: store.types.MessagePage, as_json: bool, title: str) -> None:
@@ -588,9 +608,12 @@ def message_send(
     key: Annotated[
         str | None, typer.Option(help="Idempotency key: a retry with it sends nothing twice.")
     ] = None,
+    reply_to: Annotated[
+        int | None, typer.Option(help="Reply to this earlier message (its seq).", min=1)
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Send a message as a member."""
+    """Send a message as a member (@username mentions a member)."""
     with unit_of_work() as session:
         result = store.send_message(
             session=session,
@@ -598,6 +621,7 @@ def message_send(
             sender_id=resolve_user(session, sender),
             body=body,
             idempotency_key=key,
+            reply_to_seq=reply_to,
         )
     title = "Message sent" if result.created else "Already sent (same idempotency key)"
     render(result, as_json, title, _MESSAGE_COLUMNS, [_message_row(result.message)])
@@ -621,6 +645,54 @@ def message_list(
             limit=limit,
         )
     _show_messages(page, as_json, f"Conversation {conversation_id}")
+
+
+@message_app.command("replies")
+def message_replies(
+    conversation_id: ConversationId,
+    seq: Annotated[int, typer.Argument(min=1)],
+    after: Annotated[int, typer.Option(help="Replies after this seq.", min=0)] = 0,
+    limit: LimitOpt = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """A thread: a message and its replies, oldest first."""
+    with unit_of_work() as session:
+        page = store.list_replies(
+            session=session, conversation_id=conversation_id, seq=seq, after=after, limit=limit
+        )
+    if as_json:
+        print_json(page)
+        return
+    print_table(
+        f"Replies to message {seq} of conversation {conversation_id}",
+        _MESSAGE_COLUMNS,
+        [_message_row(page.parent), *(_message_row(m) for m in page.replies)],
+    )
+    if page.has_more and page.replies:
+        errors.print(f"more: --after {page.replies[-1].seq}", highlight=False)
+
+
+@message_app.command("react")
+def message_react(
+    conversation_id: ConversationId,
+    seq: Annotated[int, typer.Argument(min=1)],
+    emoji: str,
+    user: Annotated[str, typer.Option(help="The reacting member (id or username).")],
+    remove: Annotated[bool, typer.Option("--remove", help="Take the reaction back.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """React to a message with an emoji (or take it back with --remove)."""
+    with unit_of_work() as session:
+        action = store.remove_reaction if remove else store.add_reaction
+        message = action(
+            session=session,
+            conversation_id=conversation_id,
+            seq=seq,
+            user_id=resolve_user(session, user),
+            emoji=emoji,
+        )
+    title = "Reaction removed" if remove else "Reaction added"
+    render(message, as_json, title, _MESSAGE_COLUMNS, [_message_row(message)])
 
 
 def _single_message(
@@ -748,12 +820,13 @@ def query_inbox(
         return
     print_table(
         f"Inbox of {user}",
-        ["id", "conversation", "unread", "last message", "from", "at"],
+        ["id", "conversation", "unread", "mentions", "last message", "from", "at"],
         [
             (
                 e.conversation_id,
                 e.title or f"({e.kind})",
                 e.unread_count,
+                e.unread_mention_count,
                 "(deleted)" if e.last_message_deleted else _preview(e.last_message_body),
                 e.last_message_sender_name,
                 e.last_message_at,

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -38,6 +39,7 @@ DISPLAY_NAME_MAX = 100
 TITLE_MAX = 200
 BODY_MAX = 4000
 IDEMPOTENCY_KEY_MAX = 100
+EMOJI_MAX = 16
 
 CONVERSATION_KINDS = ("direct", "group")
 MEMBER_ROLES = ("owner", "member")
@@ -153,11 +155,16 @@ class ConversationMember(Base):
     # Read marker: the highest seq this member has read. Unread count is
     # conversations.last_seq - last_read_seq: O(1), no COUNT over messages.
     last_read_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Messages after the read marker that mention this member: +1 per mentioning
+    # send, recounted from message_mentions when the marker moves, so the inbox
+    # reads one column (no COUNT at read time).
+    unread_mention_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     joined_at: Mapped[datetime] = _now()
 
     __table_args__ = (
         CheckConstraint("role IN ('owner', 'member')", name="role"),
         CheckConstraint("last_read_seq >= 0", name="last_read_seq_nonnegative"),
+        CheckConstraint("unread_mention_count >= 0", name="unread_mention_count_nonnegative"),
         # "Conversations of user X": the primary key starts with conversation_id,
         # so the user side needs its own index.
         Index("ix_conversation_members_user_id", "user_id", "conversation_id"),
@@ -181,9 +188,27 @@ class Message(Base):
     created_at: Mapped[datetime] = _now()
     edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A reply names an earlier message of the same conversation; the key is
+    # (conversation_id, seq) so it holds if messages are partitioned by conversation.
+    reply_to_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # Replies to this message, kept by the send that adds one (no COUNT at read time).
+    reply_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         CheckConstraint("seq > 0", name="seq_positive"),
+        CheckConstraint("reply_to_seq > 0 AND reply_to_seq < seq", name="reply_to_earlier"),
+        CheckConstraint("reply_count >= 0", name="reply_count_nonnegative"),
+        ForeignKeyConstraint(
+            ["conversation_id", "reply_to_seq"], ["messages.conversation_id", "messages.seq"]
+        ),
+        # A thread page: the replies to one message in seq order (keyset on seq).
+        Index(
+            "ix_messages_conversation_id_reply_to_seq_seq",
+            "conversation_id",
+            "reply_to_seq",
+            "seq",
+            postgresql_where=text("reply_to_seq IS NOT NULL"),
+        ),
         # A deleted message's text may be erased ('') by purge after the
         # retention window; the row stays as a tombstone so seqs stay gapless.
         CheckConstraint(
@@ -288,11 +313,64 @@ message_activity = Table(
 )
 
 
+class MessageReaction(Base):
+    """One user's emoji on one message: at most one per user, emoji and message."""
+
+    __tablename__ = "message_reactions"
+
+    conversation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # Emoji before user: a message's reactions come out grouped by emoji.
+    emoji: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["conversation_id", "seq"],
+            ["messages.conversation_id", "messages.seq"],
+            ondelete="CASCADE",
+        ),
+        CheckConstraint(f"char_length(emoji) BETWEEN 1 AND {EMOJI_MAX}", name="emoji_length"),
+        # The foreign key's ON DELETE CASCADE when a user is deleted.
+        Index("ix_message_reactions_user_id", "user_id"),
+    )
+
+
+class MessageMention(Base):
+    """A member named by @username in a message, recognised when it was sent."""
+
+    __tablename__ = "message_mentions"
+
+    conversation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["conversation_id", "seq"],
+            ["messages.conversation_id", "messages.seq"],
+            ondelete="CASCADE",
+        ),
+        # A member's mentions after their read marker (recounted when it moves),
+        # later "messages that mention me"; also the users foreign key's cascade.
+        Index(
+            "ix_message_mentions_user_id_conversation_id_seq", "user_id", "conversation_id", "seq"
+        ),
+    )
+
+
 CHANGE_KINDS = (
     "message.created",
     "message.edited",
     "message.deleted",
     "message.restored",
+    "reaction.added",
+    "reaction.removed",
     "member.added",
     "member.removed",
     "member.role",
@@ -323,6 +401,8 @@ class Change(Base):
     # Whom the change is about: the member added or removed, the reader.
     user_id: Mapped[int | None] = mapped_column(BigInteger)
     actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The emoji of a reaction change.
+    emoji: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
 
     __table_args__ = (

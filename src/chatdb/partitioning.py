@@ -41,8 +41,11 @@ def rebuild(connection: Connection, partitions: int) -> None:
     constraints = _rows(
         connection,
         # Primary and unique keys first: foreign keys (a reply's, say) may need them.
+        # Only the table's own: a foreign key to a partitioned table (a reply's, to
+        # its original) has a clone per referenced partition, which goes with it.
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = CAST(:t AS regclass) ORDER BY contype <> 'p', contype <> 'u', conname",
+        "WHERE conrelid = CAST(:t AS regclass) AND conparentid = 0 "
+        "ORDER BY contype <> 'p', contype <> 'u', conname",
     )
     indexes = _rows(
         connection,

@@ -4,7 +4,7 @@ calls the store and renders; no SQL here."""
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from chatdb import store
@@ -19,6 +19,9 @@ router = APIRouter(prefix="/v1")
 ConversationId = Annotated[int, schemas.Field(ge=1, le=schemas.BIGINT_MAX)]
 UserId = Annotated[int, schemas.Field(ge=1, le=schemas.BIGINT_MAX)]
 MessageSeq = Annotated[int, schemas.Field(ge=1, le=schemas.BIGINT_MAX)]
+# Checked by the store (one emoji, at most models.EMOJI_MAX characters); this
+# bound only keeps absurd paths out.
+Emoji = Annotated[str, Path(min_length=1, max_length=64, description="One emoji, URL-encoded")]
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -85,6 +88,18 @@ def message_out(m: Message) -> schemas.MessageOut:
         created_at=m.created_at,
         edited_at=m.edited_at,
         deleted_at=m.deleted_at,
+        reply_to_seq=m.reply_to_seq,
+        reply_to=schemas.QuoteOut(
+            seq=m.reply_to.seq,
+            sender_id=m.reply_to.sender_id,
+            sender_name=m.reply_to.sender_name,
+            body=m.reply_to.body,
+            deleted=m.reply_to.deleted,
+        )
+        if m.reply_to
+        else None,
+        reply_count=m.reply_count,
+        reactions=[schemas.ReactionOut(emoji=r.emoji, count=r.count, me=r.me) for r in m.reactions],
     )
 
 
@@ -97,6 +112,7 @@ def change_out(c: store.changes.Change) -> schemas.ChangeOut:
         message_seq=c.message_seq,
         user_id=c.user_id,
         actor_id=c.actor_id,
+        emoji=c.emoji,
         created_at=c.created_at,
         message=message_out(c.message) if c.message else None,
     )
@@ -496,6 +512,7 @@ def send_message(
             sender_id=user_id,
             body=body.body,
             idempotency_key=key,
+            reply_to_seq=body.reply_to_seq,
         )
 
     if key is None:
@@ -591,6 +608,83 @@ def restore_message(
                 seq=seq,
                 actor_id=caller.actor_id,
                 retention_days=settings.retention_days,
+            )
+        )
+
+
+@router.get(
+    "/conversations/{conversation_id}/messages/{seq}/replies",
+    responses=_ERRORS,
+    tags=["messages"],
+)
+def list_replies(
+    conversation_id: ConversationId,
+    seq: MessageSeq,
+    caller: Caller,
+    db: Db,
+    after: Annotated[int, Query(ge=0, le=schemas.BIGINT_MAX)] = 0,
+    limit: Limit = 50,
+) -> schemas.ThreadPageOut:
+    """A thread: the message and its replies, oldest first; the next page is
+    `after=<the last reply's seq>`."""
+    with db.read_transaction() as session:
+        page = store.list_replies(
+            session=session,
+            conversation_id=conversation_id,
+            seq=seq,
+            after=after,
+            limit=limit,
+            actor_id=caller.actor_id,
+        )
+    return schemas.ThreadPageOut(
+        parent=message_out(page.parent),
+        replies=[message_out(m) for m in page.replies],
+        has_more=page.has_more,
+    )
+
+
+@router.put(
+    "/conversations/{conversation_id}/messages/{seq}/reactions/{emoji}",
+    responses=_ERRORS,
+    tags=["messages"],
+)
+def add_reaction(
+    conversation_id: ConversationId, seq: MessageSeq, emoji: Emoji, caller: Caller, db: Db
+) -> schemas.MessageOut:
+    """React with an emoji (one per member, emoji and message: a repeat changes
+    nothing). Returns the message with its reactions."""
+    user_id = caller.require_user()
+    with db.transaction() as session:
+        return message_out(
+            store.add_reaction(
+                session=session,
+                conversation_id=conversation_id,
+                seq=seq,
+                user_id=user_id,
+                emoji=emoji,
+            )
+        )
+
+
+@router.delete(
+    "/conversations/{conversation_id}/messages/{seq}/reactions/{emoji}",
+    responses=_ERRORS,
+    tags=["messages"],
+)
+def remove_reaction(
+    conversation_id: ConversationId, seq: MessageSeq, emoji: Emoji, caller: Caller, db: Db
+) -> schemas.MessageOut:
+    """Take back your reaction (removing one that is not there changes nothing).
+    Returns the message with its reactions."""
+    user_id = caller.require_user()
+    with db.transaction() as session:
+        return message_out(
+            store.remove_reaction(
+                session=session,
+                conversation_id=conversation_id,
+                seq=seq,
+                user_id=user_id,
+                emoji=emoji,
             )
         )
 

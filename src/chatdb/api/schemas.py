@@ -88,6 +88,8 @@ class InboxEntryOut(BaseModel):
     last_seq: int
     last_read_seq: int
     unread_count: int
+    # Unread messages that mention the caller (kept on send and read, not counted).
+    unread_mention_count: int
     last_activity_at: datetime
     last_message_seq: int | None
     last_message_body: str | None
@@ -129,10 +131,31 @@ class MessageCreate(Strict):
     client_msg_id: Annotated[
         str | None, Field(min_length=1, max_length=models.IDEMPOTENCY_KEY_MAX)
     ] = None
+    # Makes the message a reply to this earlier message of the conversation.
+    reply_to_seq: Id | None = None
 
 
 class MessagePatch(Strict):
     body: Annotated[str, Field(min_length=1, max_length=models.BODY_MAX)]
+
+
+class QuoteOut(BaseModel):
+    """The message a reply answers."""
+
+    seq: int
+    sender_id: int | None
+    sender_name: str
+    # The start of its text; null once it is deleted (shown as "deleted message").
+    body: str | None
+    deleted: bool
+
+
+class ReactionOut(BaseModel):
+    emoji: str
+    count: int
+    # Whether the caller reacted with it (always false in live updates and the
+    # change feed, which every member shares: a reaction change names its user).
+    me: bool
 
 
 class MessageOut(BaseModel):
@@ -145,6 +168,19 @@ class MessageOut(BaseModel):
     created_at: datetime
     edited_at: datetime | None
     deleted_at: datetime | None
+    reply_to_seq: int | None = None
+    reply_to: QuoteOut | None = None
+    reply_count: int = 0
+    reactions: list[ReactionOut] = []
+
+
+class ThreadPageOut(BaseModel):
+    """A message and a page of its replies, oldest first."""
+
+    parent: MessageOut
+    replies: list[MessageOut]
+    # More replies: ask again with after=<the last reply's seq>.
+    has_more: bool
 
 
 class MessagePageOut(BaseModel):
@@ -195,6 +231,8 @@ class ChangeOut(BaseModel):
     message_seq: int | None
     user_id: int | None
     actor_id: int | None
+    # The emoji of a reaction change (user_id reacted).
+    emoji: str | None = None
     created_at: datetime
     message: MessageOut | None
 

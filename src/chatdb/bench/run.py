@@ -562,6 +562,7 @@ def _sends(
                 "sender_id": sender_id,
                 "body": SEND_BODY,
                 "idempotency_key": None,
+                "reply_to_seq": None,
             }
 
             def call() -> None:

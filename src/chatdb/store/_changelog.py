@@ -15,8 +15,9 @@ WITH counter AS (
      WHERE id = :conversation_id
  RETURNING last_change_seq
 )
-INSERT INTO changes (conversation_id, change_seq, kind, message_seq, user_id, actor_id)
-SELECT :conversation_id, last_change_seq, :kind, :message_seq, :user_id, :actor_id FROM counter
+INSERT INTO changes (conversation_id, change_seq, kind, message_seq, user_id, actor_id, emoji)
+SELECT :conversation_id, last_change_seq, :kind, :message_seq, :user_id, :actor_id, :emoji
+  FROM counter
 RETURNING id
 """)
 
@@ -29,6 +30,7 @@ def record_change(
     message_seq: int | None = None,
     user_id: int | None = None,
     actor_id: int | None = None,
+    emoji: str | None = None,
 ) -> int | None:
     """Log one change; returns its id (None if the conversation is gone)."""
     assert kind in models.CHANGE_KINDS, kind
@@ -40,6 +42,7 @@ def record_change(
             "message_seq": message_seq,
             "user_id": user_id,
             "actor_id": actor_id,
+            "emoji": emoji,
         },
     ).scalar_one_or_none()
     return change_id

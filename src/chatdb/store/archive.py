@@ -8,8 +8,10 @@ LOCKED and taken by a later run; no table lock is taken.
 
 The activity report keeps counting archived messages: the batch adds back to
 message_activity what the delete trigger takes off, in the same statement.
-Reactions, replies and other rows that hang on a message follow messages'
-own foreign keys.
+A message that has a reply sent after the cutoff stays, with its thread (the
+reply's foreign key needs it); its replies move together with it otherwise.
+An archived message's reactions and mentions go with it (their foreign keys
+cascade): the archive keeps the text, not the reactions to it.
 """
 
 from dataclasses import dataclass
@@ -23,13 +25,23 @@ from sqlalchemy.orm import Session
 _ARCHIVE_BATCH = text(
     """
     WITH due AS (
-        SELECT conversation_id, seq FROM messages
+        SELECT conversation_id, seq FROM messages m
          WHERE created_at < :cutoff
+           AND NOT EXISTS (SELECT FROM messages r
+                            WHERE r.conversation_id = m.conversation_id
+                              AND r.reply_to_seq = m.seq AND r.created_at >= :cutoff)
          ORDER BY created_at
          LIMIT :limit
            FOR UPDATE SKIP LOCKED
+    ), movable AS (
+        -- A reply's original goes only with every reply still in messages.
+        SELECT conversation_id, seq FROM due d
+         WHERE NOT EXISTS (
+               SELECT FROM messages r
+                WHERE r.conversation_id = d.conversation_id AND r.reply_to_seq = d.seq
+                  AND (r.conversation_id, r.seq) NOT IN (SELECT conversation_id, seq FROM due))
     ), moved AS (
-        DELETE FROM messages m USING due
+        DELETE FROM messages m USING movable due
          WHERE m.conversation_id = due.conversation_id AND m.seq = due.seq
         RETURNING m.conversation_id, m.seq, m.sender_id, m.body, m.created_at,
                   m.edited_at, m.deleted_at

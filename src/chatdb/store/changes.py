@@ -34,6 +34,8 @@ class Change:
     message_seq: int | None
     user_id: int | None
     actor_id: int | None
+    # The emoji of a reaction change (user_id is who reacted).
+    emoji: str | None
     created_at: datetime
     # The message as it is now, for message changes (None once it is gone).
     message: Message | None
@@ -50,12 +52,16 @@ def _with_messages(session: Session, rows: Iterable[AnyRow]) -> list[Change]:
     keys = {
         (r.conversation_id, r.message_seq)
         for r in rows
-        if r.message_seq is not None and r.kind.startswith("message.")
+        if r.message_seq is not None and r.kind.startswith(("message.", "reaction."))
     }
+    # The messages as they are now, reactions included; a change goes to every
+    # member alike, so no reaction is marked as the reader's (`me` is false:
+    # a reaction change's user_id says who reacted).
     messages: dict[tuple[int, int], Message] = {}
     if keys:
         found = session.execute(
-            _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys)))
+            _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys))),
+            {"viewer": None},
         )
         messages = {(m.conversation_id, m.seq): _message(m) for m in found}
     return [
@@ -67,6 +73,7 @@ def _with_messages(session: Session, rows: Iterable[AnyRow]) -> list[Change]:
             message_seq=r.message_seq,
             user_id=r.user_id,
             actor_id=r.actor_id,
+            emoji=r.emoji,
             created_at=r.created_at,
             message=messages.get((r.conversation_id, r.message_seq))
             if r.message_seq is not None
@@ -84,6 +91,7 @@ _CHANGE_COLUMNS = (
     CH.message_seq,
     CH.user_id,
     CH.actor_id,
+    CH.emoji,
     CH.created_at,
 )
 

@@ -6,21 +6,148 @@ therefore commit one after another, so seqs are gapless and in commit order:
 a reader that has seen seq N and asks for "after N" never misses a message.
 """
 
+import re
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import BigInteger, Integer, bindparam, exists, func, select, text, true, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    FromClause,
+    Integer,
+    Join,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    literal,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.orm import Session
 
 from chatdb import models
 from chatdb.errors import Conflict, Forbidden, Invalid, NotFound
 from chatdb.store._changelog import record_change
 from chatdb.store._errors import translated_errors
-from chatdb.store._validate import clean_text, page_limit, positive_id, seq_value
+from chatdb.store._validate import clean_emoji, clean_text, page_limit, positive_id, seq_value
 from chatdb.store.conversations import _require_member
-from chatdb.store.types import AnyRow, AnySelect, Message, MessagePage, SendResult
+from chatdb.store.types import (
+    AnyRow,
+    AnySelect,
+    Message,
+    MessagePage,
+    Quote,
+    Reaction,
+    SendResult,
+    ThreadPage,
+)
 
 M = models.Message
 U = models.User
+MR = models.MessageReaction
+MM = models.MessageMention
+
+# How much of the original a reply quotes.
+QUOTE_MAX = 200
+# @names looked up per message; more are ignored.
+MENTIONS_MAX = 50
+# A mention is @ and a username, not inside a word or an e-mail address.
+_MENTION = re.compile(rf"(?<![A-Za-z0-9_.@-])@([A-Za-z0-9_.-]{{1,{models.USERNAME_MAX}}})")
+
+
+def mentioned_names(body: str) -> list[str]:
+    """The lowercased usernames a body names with @, in order, at most MENTIONS_MAX.
+
+    A name may end a sentence ("thanks @bob."): both "bob." and "bob" are
+    candidates, since usernames may contain dots."""
+    names: dict[str, None] = {}
+    for match in _MENTION.finditer(body):
+        name = match.group(1).lower()
+        names[name] = None
+        trimmed = name.rstrip(".-")
+        if trimmed:
+            names[trimmed] = None
+        if len(names) >= MENTIONS_MAX:
+            break
+    return list(names)[:MENTIONS_MAX]
+
+
+def _message_extras(
+    source: FromClause, viewer: ColumnElement[Any]
+) -> tuple[list[ColumnElement[Any]], Any]:
+    """What a message read adds to a message row: the quote of the message it
+    replies to, and its reactions aggregated per emoji (with whether `viewer`
+    reacted). Returns the columns and a function joining them to `source`, a
+    FROM with the messages' conversation_id, seq and reply_to_seq. Both are
+    probes by primary key per message, so a page stays a page of index lookups
+    in one statement (no query per message)."""
+    reactions = MR.__table__.c
+    parent = M.__table__.alias("parent")
+    parent_sender = U.__table__.alias("parent_sender")
+    grouped = (
+        select(
+            reactions.emoji,
+            func.count().label("n"),
+            func.coalesce(func.bool_or(reactions.user_id == viewer), false()).label("me"),
+            func.min(reactions.created_at).label("first_at"),
+        )
+        .where(
+            reactions.conversation_id == source.c.conversation_id,
+            reactions.seq == source.c.seq,
+        )
+        .group_by(reactions.emoji)
+        .correlate(source)
+        .subquery("grouped")
+    )
+    aggregated = (
+        select(
+            func.json_agg(
+                aggregate_order_by(
+                    func.json_build_object(
+                        literal("emoji"),
+                        grouped.c.emoji,
+                        literal("count"),
+                        grouped.c.n,
+                        literal("me"),
+                        grouped.c.me,
+                    ),
+                    grouped.c.first_at,
+                    grouped.c.emoji,
+                )
+            ).label("reactions")
+        )
+        .select_from(grouped)
+        .lateral("reaction_summary")
+    )
+    columns: list[ColumnElement[Any]] = [
+        parent.c.sender_id.label("reply_to_sender_id"),
+        func.coalesce(parent_sender.c.display_name, parent_sender.c.username).label(
+            "reply_to_sender_name"
+        ),
+        func.left(parent.c.body, QUOTE_MAX).label("reply_to_body"),
+        parent.c.deleted_at.label("reply_to_deleted_at"),
+        aggregated.c.reactions,
+    ]
+
+    def join(left: Any) -> Join:
+        joined: Join = (
+            left.outerjoin(
+                parent,
+                (parent.c.conversation_id == source.c.conversation_id)
+                & (parent.c.seq == source.c.reply_to_seq),
+            )
+            .outerjoin(parent_sender, parent_sender.c.id == parent.c.sender_id)
+            .outerjoin(aggregated, true())
+        )
+        return joined
+
+    return columns, join
+
 
 _MESSAGE_COLUMNS = (
     M.conversation_id,
@@ -32,10 +159,26 @@ _MESSAGE_COLUMNS = (
     M.created_at,
     M.edited_at,
     M.deleted_at,
+    M.reply_to_seq,
+    M.reply_count,
 )
 
 
 def _message(row: AnyRow) -> Message:
+    quote = None
+    if row.reply_to_seq is not None:
+        deleted = row.reply_to_deleted_at is not None
+        quote = Quote(
+            seq=row.reply_to_seq,
+            sender_id=row.reply_to_sender_id,
+            sender_name=(
+                "(deleted user)"
+                if row.reply_to_sender_id is None
+                else row.reply_to_sender_name or f"user {row.reply_to_sender_id}"
+            ),
+            body=None if deleted else row.reply_to_body,
+            deleted=deleted,
+        )
     return Message(
         conversation_id=row.conversation_id,
         seq=row.seq,
@@ -46,11 +189,25 @@ def _message(row: AnyRow) -> Message:
         created_at=row.created_at,
         edited_at=row.edited_at,
         deleted_at=row.deleted_at,
+        reply_to_seq=row.reply_to_seq,
+        reply_to=quote,
+        reply_count=row.reply_count,
+        reactions=tuple(
+            Reaction(emoji=r["emoji"], count=r["count"], me=r["me"]) for r in row.reactions or ()
+        ),
     )
 
 
+@lru_cache(maxsize=1)
 def _select_messages() -> AnySelect:
-    return select(*_MESSAGE_COLUMNS).outerjoin(U, U.id == M.sender_id)
+    """Messages with their sender, quote and reactions; `me` is about the
+    execution parameter `viewer` (None: nobody). Built once: building the
+    subqueries cost more than running the query."""
+    messages = M.__table__
+    columns, join = _message_extras(messages, bindparam("viewer", type_=BigInteger))
+    return select(*_MESSAGE_COLUMNS, *columns).select_from(
+        join(messages.outerjoin(U.__table__, U.id == M.sender_id))
+    )
 
 
 def _clean_body(body: str) -> str:
@@ -60,8 +217,9 @@ def _clean_body(body: str) -> str:
 # Takes the next seq and inserts in one statement. The UPDATE locks the
 # conversation row until commit; that lock is what makes seqs gapless and
 # ordered. The same statement logs the change (next change_seq, same lock) and
-# moves the sender's read marker to their own message.
-SEND_SQL = text("""
+# moves the sender's read marker to their own message (which reads every
+# mention of them, so their mention count is 0).
+_SEND_SQL = """
 WITH counter AS (
     UPDATE conversations
        SET last_seq = last_seq + 1, last_change_seq = last_change_seq + 1,
@@ -71,23 +229,50 @@ WITH counter AS (
                     WHERE conversation_id = :conversation_id AND user_id = :sender_id)
  RETURNING last_seq, last_change_seq, last_activity_at
 ), inserted AS (
-    INSERT INTO messages (conversation_id, seq, sender_id, body, idempotency_key, created_at)
-    SELECT :conversation_id, last_seq, :sender_id, :body, :idempotency_key, last_activity_at
+    INSERT INTO messages (conversation_id, seq, sender_id, body, idempotency_key, created_at,
+                          reply_to_seq)
+    SELECT :conversation_id, last_seq, :sender_id, :body, :idempotency_key, last_activity_at,
+           :reply_to_seq
       FROM counter
- RETURNING conversation_id, seq, sender_id, body, created_at, edited_at, deleted_at
+ RETURNING conversation_id, seq, sender_id, body, created_at, edited_at, deleted_at,
+           reply_to_seq, reply_count
 ), marked AS (
     UPDATE conversation_members
-       SET last_read_seq = (SELECT last_seq FROM counter)
+       SET last_read_seq = (SELECT last_seq FROM counter), unread_mention_count = 0
      WHERE conversation_id = :conversation_id AND user_id = :sender_id
        AND EXISTS (SELECT 1 FROM counter)
 ), logged AS (
     INSERT INTO changes (conversation_id, change_seq, kind, message_seq, actor_id)
     SELECT :conversation_id, last_change_seq, 'message.created', last_seq, :sender_id
       FROM counter
-)
-SELECT i.*, u.username AS sender_username, u.display_name AS sender_display_name
+){mentions}
+SELECT i.*, u.username AS sender_username, u.display_name AS sender_display_name,
+       p.sender_id AS reply_to_sender_id,
+       coalesce(pu.display_name, pu.username) AS reply_to_sender_name,
+       left(p.body, {quote_max}) AS reply_to_body, p.deleted_at AS reply_to_deleted_at,
+       NULL::json AS reactions
   FROM inserted i LEFT JOIN users u ON u.id = i.sender_id
-""")
+  LEFT JOIN messages p ON p.conversation_id = i.conversation_id AND p.seq = i.reply_to_seq
+  LEFT JOIN users pu ON pu.id = p.sender_id
+"""
+
+# Only for a body with @names: the members (not the sender) whose username is
+# one of them are recorded, and their mention count goes up by one. The
+# sender's own marker row is not among them, so no row is updated twice.
+_MENTIONS_SQL = """, mentioned AS (
+    INSERT INTO message_mentions (conversation_id, seq, user_id)
+    SELECT :conversation_id, counter.last_seq, cm.user_id
+      FROM counter, conversation_members cm JOIN users u ON u.id = cm.user_id
+     WHERE cm.conversation_id = :conversation_id AND cm.user_id <> :sender_id
+       AND lower(u.username) = ANY(CAST(:mentions AS text[]))
+ RETURNING user_id
+), notified AS (
+    UPDATE conversation_members SET unread_mention_count = unread_mention_count + 1
+     WHERE conversation_id = :conversation_id AND user_id IN (SELECT user_id FROM mentioned)
+)"""
+
+SEND_SQL = text(_SEND_SQL.format(mentions="", quote_max=QUOTE_MAX))
+SEND_WITH_MENTIONS_SQL = text(_SEND_SQL.format(mentions=_MENTIONS_SQL, quote_max=QUOTE_MAX))
 
 
 def send_message(
@@ -97,8 +282,10 @@ def send_message(
     sender_id: int,
     body: str,
     idempotency_key: str | None = None,
+    reply_to_seq: int | None = None,
 ) -> SendResult:
-    """Send a message as a member.
+    """Send a message as a member, optionally as a reply to an earlier message
+    of the same conversation. Members named with @username are mentioned.
 
     With an idempotency key, a repeat of the same (conversation, sender, key)
     returns the original message and creates nothing, also when the repeats
@@ -108,23 +295,43 @@ def send_message(
     positive_id(conversation_id, field="conversation id")
     positive_id(sender_id, field="sender id")
     body = _clean_body(body)
+    if reply_to_seq is not None:
+        positive_id(reply_to_seq, field="reply_to_seq")
     if idempotency_key is not None:
         idempotency_key = clean_text(
             idempotency_key, field="idempotency key", max_length=models.IDEMPOTENCY_KEY_MAX
         )
+    original_deleted = False
+    if reply_to_seq is not None:
+        # Membership first, so a non-member learns nothing about the message.
+        _require_member(session, conversation_id, sender_id)
+        original_deleted = _lock_original(session, conversation_id, reply_to_seq)
     _lock_for_send(session, conversation_id)
     if idempotency_key is not None:
         replay = _find_replay(session, conversation_id, sender_id, idempotency_key, body)
         if replay is not None:
             return SendResult(replay, created=False)
+    if reply_to_seq is not None:
+        if original_deleted:
+            raise Invalid(
+                f"message {reply_to_seq} is deleted; a reply needs a message that is not deleted"
+            )
+        session.execute(
+            update(M)
+            .where(M.conversation_id == conversation_id, M.seq == reply_to_seq)
+            .values(reply_count=M.reply_count + 1)
+        )
+    mentions = mentioned_names(body)
     with translated_errors():
         row = session.execute(
-            SEND_SQL,
+            SEND_WITH_MENTIONS_SQL if mentions else SEND_SQL,
             {
                 "conversation_id": conversation_id,
                 "sender_id": sender_id,
                 "body": body,
                 "idempotency_key": idempotency_key,
+                "reply_to_seq": reply_to_seq,
+                **({"mentions": mentions} if mentions else {}),
             },
         ).one_or_none()
     if row is None:
@@ -132,6 +339,25 @@ def send_message(
         # Both read as "not found" so a non-member learns nothing.
         raise NotFound(f"no conversation with id {conversation_id}")
     return SendResult(_message(row), created=True)
+
+
+def _lock_original(session: Session, conversation_id: int, seq: int) -> bool:
+    """Lock the message a reply answers (whose reply count the send raises);
+    returns whether it is deleted.
+
+    Taken before the conversation row, the order edits, deletes and reactions
+    lock in (message, then conversation), so a reply and an edit of its
+    original cannot deadlock. Raising the count fires the activity rollup's
+    statement trigger; with the same sender and time on both sides it nets to
+    nothing and writes nothing."""
+    row = session.execute(
+        select(M.deleted_at)
+        .where(M.conversation_id == conversation_id, M.seq == seq)
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: what the count's UPDATE takes
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no message {seq} in conversation {conversation_id}")
+    return row.deleted_at is not None
 
 
 def _lock_for_send(session: Session, conversation_id: int) -> None:
@@ -171,7 +397,8 @@ def _find_replay(
             M.conversation_id == conversation_id,
             M.sender_id == sender_id,
             M.idempotency_key == key,
-        )
+        ),
+        {"viewer": sender_id},
     ).one_or_none()
     if row is None:
         return None
@@ -183,10 +410,16 @@ def _find_replay(
 def get_message(
     *, session: Session, conversation_id: int, seq: int, actor_id: int | None = None
 ) -> Message:
+    """One message; its reactions' `me` is about `actor_id`."""
     positive_id(conversation_id, field="conversation id")
     _require_member(session, conversation_id, actor_id)
+    return _read_message(session, conversation_id, seq, actor_id)
+
+
+def _read_message(session: Session, conversation_id: int, seq: int, viewer: int | None) -> Message:
     row = session.execute(
-        _select_messages().where(M.conversation_id == conversation_id, M.seq == seq)
+        _select_messages().where(M.conversation_id == conversation_id, M.seq == seq),
+        {"viewer": viewer},
     ).one_or_none()
     if row is None:
         raise NotFound(f"no message {seq} in conversation {conversation_id}")
@@ -256,8 +489,8 @@ def page_statement(
 
 def _page_query(
     conversation_id: int, before: int | None, after: int | None, limit: int, actor_id: int | None
-) -> tuple[AnySelect, dict[str, int]]:
-    params = {"conversation_id": conversation_id, "page_rows": limit + 1}
+) -> tuple[AnySelect, dict[str, int | None]]:
+    params: dict[str, int | None] = {"conversation_id": conversation_id, "page_rows": limit + 1}
     if after is not None:
         params["cursor"] = seq_value(after, field="after")
         direction = "after"
@@ -268,6 +501,7 @@ def _page_query(
         direction = "newest"
     if actor_id is not None:
         params["actor_id"] = actor_id
+    params["viewer"] = actor_id
     return _page_template(direction, actor_id is not None), params
 
 
@@ -302,6 +536,8 @@ def _page_template(direction: str, for_member: bool) -> AnySelect:
             messages.created_at,
             messages.edited_at,
             messages.deleted_at,
+            messages.reply_to_seq,
+            messages.reply_count,
         )
         .select_from(M.__table__.outerjoin(U.__table__, users.id == messages.sender_id))
         .where(messages.conversation_id == conversation_id)
@@ -315,9 +551,12 @@ def _page_template(direction: str, for_member: bool) -> AnySelect:
         page = page.order_by(messages.seq.desc())
     page_sq = page.limit(bindparam("page_rows", type_=Integer)).subquery("page")
     order = page_sq.c.seq if direction == "after" else page_sq.c.seq.desc()
+    # Quotes and reactions are joined to the page after its LIMIT: a probe per
+    # message on the page, never a scan of the conversation's reactions.
+    extras, join_extras = _message_extras(page_sq, bindparam("viewer", type_=BigInteger))
     return (
-        select(target.c.conversation_last_seq, *page_sq.c)
-        .select_from(target.outerjoin(page_sq, true()))
+        select(target.c.conversation_last_seq, *page_sq.c, *extras)
+        .select_from(join_extras(target.outerjoin(page_sq, true())))
         .order_by(order)
     )
 
@@ -352,7 +591,7 @@ def edit_message(
             .values(body=body, edited_at=text("now()"))
         )
     record_change(session, conversation_id, "message.edited", message_seq=seq, actor_id=actor_id)
-    return get_message(session=session, conversation_id=conversation_id, seq=seq)
+    return _read_message(session, conversation_id, seq, actor_id)
 
 
 def _set_deleted(
@@ -379,7 +618,7 @@ def _set_deleted(
         )
         kind = "message.deleted" if deleted else "message.restored"
         record_change(session, conversation_id, kind, message_seq=seq, actor_id=actor_id)
-    return get_message(session=session, conversation_id=conversation_id, seq=seq)
+    return _read_message(session, conversation_id, seq, actor_id)
 
 
 def _check_restorable(
@@ -433,7 +672,29 @@ def mark_read(*, session: Session, conversation_id: int, user_id: int, seq: int)
     seq_value(seq)
     member = models.ConversationMember
     conversation = models.Conversation
+    # The conversation row first, as sends lock it (then the mentioned members'
+    # rows): taking the member row first would deadlock with a send that
+    # mentions this member. Holding it, no send is in flight, so the statement
+    # below sees every mention up to last_seq.
+    live = session.execute(
+        select(conversation.id)
+        .where(conversation.id == conversation_id, conversation.deleted_at.is_(None))
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE, as a send's counter takes
+    ).first()
+    if live is None:
+        raise NotFound(f"no conversation with id {conversation_id}")
     target = func.least(seq, conversation.last_seq)
+    # The mentions now read: those between the old and the new marker.
+    now_read = (
+        select(func.count())
+        .where(
+            MM.conversation_id == member.conversation_id,
+            MM.user_id == member.user_id,
+            MM.seq > member.last_read_seq,
+            MM.seq <= target,
+        )
+        .scalar_subquery()
+    )
     moved = session.execute(
         update(member)
         .where(
@@ -443,7 +704,7 @@ def mark_read(*, session: Session, conversation_id: int, user_id: int, seq: int)
             conversation.deleted_at.is_(None),
             member.last_read_seq < target,
         )
-        .values(last_read_seq=target)
+        .values(last_read_seq=target, unread_mention_count=member.unread_mention_count - now_read)
         .returning(member.last_read_seq)
     ).scalar_one_or_none()
     if moved is not None:
@@ -481,3 +742,104 @@ def unread_count(*, session: Session, conversation_id: int, user_id: int) -> int
     if value is None:
         raise NotFound(f"no conversation with id {conversation_id}")
     return int(value)
+
+
+def list_replies(
+    *,
+    session: Session,
+    conversation_id: int,
+    seq: int,
+    after: int = 0,
+    limit: int = 50,
+    actor_id: int | None = None,
+) -> ThreadPage:
+    """A thread: the message and a keyset page of its replies, oldest first;
+    the next page is `after=<last reply's seq>`. A range scan of
+    ix_messages_conversation_id_reply_to_seq_seq."""
+    positive_id(conversation_id, field="conversation id")
+    positive_id(seq, field="seq")
+    seq_value(after, field="after")
+    limit = page_limit(limit)
+    _require_member(session, conversation_id, actor_id)
+    parent = _read_message(session, conversation_id, seq, actor_id)
+    rows = session.execute(
+        _select_messages()
+        .where(M.conversation_id == conversation_id, M.reply_to_seq == seq, M.seq > after)
+        .order_by(M.seq)
+        .limit(limit + 1),
+        {"viewer": actor_id},
+    ).all()
+    return ThreadPage(
+        parent=parent, replies=[_message(r) for r in rows[:limit]], has_more=len(rows) > limit
+    )
+
+
+def add_reaction(
+    *, session: Session, conversation_id: int, seq: int, user_id: int, emoji: str
+) -> Message:
+    """React to a message with an emoji. Idempotent: one reaction per member,
+    emoji and message; a repeat changes nothing and logs nothing."""
+    positive_id(conversation_id, field="conversation id")
+    positive_id(seq, field="seq")
+    emoji = clean_emoji(emoji, max_length=models.EMOJI_MAX)
+    _require_member(session, conversation_id, user_id)
+    # FOR KEY SHARE, what the foreign key check takes anyway: a concurrent
+    # delete (FOR UPDATE) waits for us, or we wait for it and see it.
+    target = session.execute(
+        select(M.deleted_at)
+        .where(M.conversation_id == conversation_id, M.seq == seq)
+        .with_for_update(read=True, key_share=True)
+    ).one_or_none()
+    if target is None:
+        raise NotFound(f"no message {seq} in conversation {conversation_id}")
+    if target.deleted_at is not None:
+        raise Invalid(f"message {seq} is deleted; restore it before reacting to it")
+    added = session.execute(
+        insert(MR)
+        .values(conversation_id=conversation_id, seq=seq, emoji=emoji, user_id=user_id)
+        .on_conflict_do_nothing()
+        .returning(MR.seq)
+    ).first()
+    if added is not None:
+        record_change(
+            session,
+            conversation_id,
+            "reaction.added",
+            message_seq=seq,
+            user_id=user_id,
+            actor_id=user_id,
+            emoji=emoji,
+        )
+    return _read_message(session, conversation_id, seq, user_id)
+
+
+def remove_reaction(
+    *, session: Session, conversation_id: int, seq: int, user_id: int, emoji: str
+) -> Message:
+    """Take back a reaction. Idempotent: removing one that is not there is no change."""
+    positive_id(conversation_id, field="conversation id")
+    positive_id(seq, field="seq")
+    emoji = clean_emoji(emoji, max_length=models.EMOJI_MAX)
+    _require_member(session, conversation_id, user_id)
+    removed = session.execute(
+        delete(MR)
+        .where(
+            MR.conversation_id == conversation_id,
+            MR.seq == seq,
+            MR.emoji == emoji,
+            MR.user_id == user_id,
+        )
+        .returning(MR.seq)
+    ).first()
+    message = _read_message(session, conversation_id, seq, user_id)
+    if removed is not None:
+        record_change(
+            session,
+            conversation_id,
+            "reaction.removed",
+            message_seq=seq,
+            user_id=user_id,
+            actor_id=user_id,
+            emoji=emoji,
+        )
+    return message

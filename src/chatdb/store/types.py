@@ -52,6 +52,27 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class Quote:
+    """The message a reply answers, as the reply shows it."""
+
+    seq: int
+    sender_id: int | None
+    sender_name: str
+    # None once the original is deleted: a reply never shows deleted text.
+    body: str | None
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One emoji on a message: how many members used it, and whether the reader did."""
+
+    emoji: str
+    count: int
+    me: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     conversation_id: int
     seq: int
@@ -64,6 +85,10 @@ class Message:
     created_at: datetime
     edited_at: datetime | None
     deleted_at: datetime | None
+    reply_to_seq: int | None = None
+    reply_to: Quote | None = None
+    reply_count: int = 0
+    reactions: tuple[Reaction, ...] = ()
 
     @property
     def sender_name(self) -> str:
@@ -89,6 +114,15 @@ class MessagePage:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadPage:
+    """A message and a page of its replies, in ascending seq order."""
+
+    parent: Message
+    replies: list[Message]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class InboxCursor:
     """Where an inbox page ended: the last conversation's activity time and id."""
 
@@ -106,6 +140,8 @@ class InboxEntry:
     last_seq: int
     last_read_seq: int
     unread_count: int
+    # Messages after the read marker that mention the member.
+    unread_mention_count: int
     last_activity_at: datetime
     last_message_seq: int | None
     last_message_body: str | None

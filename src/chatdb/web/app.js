@@ -462,6 +462,18 @@ class App {
           "span",
           { class: "conv-bottom" },
           preview,
+          unread && entry.unread_mention_count
+            ? h(
+                "span",
+                { class: "badge mention-badge" },
+                h("span", { class: "count" }, `@${Math.min(entry.unread_mention_count, 99)}`),
+                h(
+                  "span",
+                  { class: "visually-hidden" },
+                  entry.unread_mention_count === 1 ? " mention of you" : " mentions of you",
+                ),
+              )
+            : null,
           unread
             ? h(
                 "span",

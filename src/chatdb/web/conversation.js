@@ -11,6 +11,11 @@ const NEAR_TOP_PX = 400;
 const NEAR_BOTTOM_PX = 80;
 // When opening with many unread messages, load back to the first unread, up to this many.
 const MAX_INITIAL = 1000;
+// The emoji offered by "React"; any emoji can be sent through the API.
+const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+// @username, as the server recognises it (not inside a word or an e-mail address).
+const MENTION = /(?<![A-Za-z0-9_.@-])@([A-Za-z0-9_.-]{1,50})/g;
+const MENTION_AT_CARET = /(?<![A-Za-z0-9_.@-])@([A-Za-z0-9_.-]{0,50})$/;
 
 export class ConversationView {
   constructor(app, conversationId, revealSeq = null) {
@@ -36,6 +41,9 @@ export class ConversationView {
     this.loadingOlder = false;
     this.newerLoad = null;
     this.editing = null;
+    this.replyTo = null; // the seq the next message replies to
+    this.thread = null; // the seq whose thread is open
+    this.suggestions = []; // members offered for the @name being typed
     this.unseen = 0;
     this.closed = false;
     this.readTimer = 0;
@@ -51,6 +59,9 @@ export class ConversationView {
     this.input = $("#composer-input");
     this.titleEl = $("#conv-title");
     this.subtitleEl = $("#conv-subtitle");
+    this.replyBar = $("#reply-bar");
+    this.mentionList = $("#mention-list");
+    this.threadDialog = $("#thread");
   }
 
   // --- lifecycle ---------------------------------------------------------------------
@@ -66,6 +77,8 @@ export class ConversationView {
     this.log.setAttribute("aria-busy", "true");
     this.input.value = this.app.drafts.get(this.id) ?? "";
     this.autosize();
+    this.cancelReply();
+    this.showSuggestions([]);
 
     let frame = 0;
     this.log.addEventListener(
@@ -84,7 +97,25 @@ export class ConversationView {
     window.addEventListener("resize", () => this.checkRead(), { signal });
     this.jump.addEventListener("click", () => this.scrollToBottom(), { signal });
     this.input.addEventListener("keydown", (e) => this.onComposerKey(e), { signal });
-    this.input.addEventListener("input", () => this.autosize(), { signal });
+    this.input.addEventListener(
+      "input",
+      () => {
+        this.autosize();
+        this.updateSuggestions();
+      },
+      { signal },
+    );
+    $("#reply-cancel").addEventListener("click", () => this.cancelReply(true), { signal });
+    $("#thread-reply").addEventListener(
+      "click",
+      () => {
+        const seq = this.thread;
+        this.threadDialog.close();
+        if (seq !== null) this.startReply(seq);
+      },
+      { signal },
+    );
+    this.threadDialog.addEventListener("close", () => (this.thread = null), { signal });
     $("#composer").addEventListener(
       "submit",
       (e) => {
@@ -222,10 +253,8 @@ export class ConversationView {
       if (this.closed) return;
       this.members = new Map(members.map((m) => [m.user_id, m]));
       const mine = this.members.get(this.me.id);
-      if (mine && mine.role !== this.role) {
-        this.role = mine.role;
-        this.rerenderAll(); // owners may delete and restore others' messages
-      }
+      if (mine) this.role = mine.role; // owners may delete and restore others' messages
+      this.rerenderAll(); // and @names of members are shown as mentions
       this.renderHeader();
       this.app.membersChanged(this.id);
     } catch (error) {
@@ -273,7 +302,10 @@ export class ConversationView {
     const mine = m.sender_id === this.me.id;
     // Owners moderate groups; in a direct conversation each manages their own.
     const canModerate = mine || (this.role === "owner" && this.conversation?.kind === "group");
-    li.className = `msg${mine ? " mine" : ""}${m.deleted_at ? " deleted" : ""}`;
+    const mentionsMe = !m.deleted_at && this.mentionedNames(m.body).has(this.me.username.toLowerCase());
+    li.className = `msg${mine ? " mine" : ""}${m.deleted_at ? " deleted" : ""}${
+      mentionsMe ? " mentions-me" : ""
+    }`;
     const when = messageTime(m.created_at);
     const meta = h(
       "div",
@@ -287,7 +319,7 @@ export class ConversationView {
     );
     const body = m.deleted_at
       ? h("p", { class: "body" }, "Message deleted")
-      : h("p", { class: "body" }, m.body);
+      : h("p", { class: "body" }, this.withMentions(m.body));
     // Names that say which message: "Edit message: Sure, send me the link".
     const about = m.deleted_at ? ` from ${when}` : `: ${snippet(m.body)}`;
     const button = (label, action, name) =>
@@ -300,14 +332,127 @@ export class ConversationView {
     if (m.deleted_at) {
       if (canModerate) actions.push(button("Restore", () => this.restore(m.seq), "Restore message"));
     } else {
+      actions.push(button("Reply", () => this.startReply(m.seq), "Reply to message"));
+      actions.push(button("React", () => this.togglePalette(li, m.seq), "React to message"));
       if (mine) actions.push(button("Edit", () => this.startEdit(m.seq), "Edit message"));
       if (canModerate) actions.push(button("Delete", () => this.remove(m.seq), "Delete message"));
     }
     fill(
       li,
-      h("div", { class: "bubble" }, meta, body),
+      h(
+        "div",
+        { class: "bubble" },
+        meta,
+        m.reply_to ? this.quote(m.reply_to) : null,
+        body,
+        this.reactionsRow(m),
+      ),
       actions.length ? h("div", { class: "actions" }, actions) : null,
     );
+  }
+
+  /** Replies shown quote this message: an edit, delete or restore shows in their quotes. */
+  refreshQuotes(original) {
+    for (const [seq, reply] of this.messages) {
+      if (reply.reply_to_seq !== original.seq || !reply.reply_to) continue;
+      const deleted = Boolean(original.deleted_at);
+      const body = deleted ? null : original.body.slice(0, 200);
+      if (reply.reply_to.deleted === deleted && reply.reply_to.body === body) continue;
+      const updated = { ...reply, reply_to: { ...reply.reply_to, deleted, body } };
+      this.messages.set(seq, updated);
+      const li = this.itemOf(seq);
+      if (li && this.editing !== seq) this.fillMessage(li, updated);
+    }
+  }
+
+  /** The original a reply answers; never the text of a deleted one. */
+  quote(original) {
+    const text = original.deleted ? "Deleted message" : snippet(original.body ?? "", 80);
+    const who = original.sender_id === this.me.id ? "You" : original.sender_name;
+    return h(
+      "button",
+      {
+        type: "button",
+        class: `quote${original.deleted ? " deleted" : ""}`,
+        "aria-label": `In reply to ${who}: ${text}`,
+        onclick: () => this.showOriginal(original.seq),
+      },
+      h("span", { class: "quote-sender" }, who),
+      h("span", { class: "quote-body" }, text),
+    );
+  }
+
+  showOriginal(seq) {
+    const li = this.itemOf(seq);
+    if (!li) {
+      toast("That message is further up: scroll up to load it.");
+      return;
+    }
+    li.scrollIntoView({ block: "center" });
+    li.classList.add("flash");
+    setTimeout(() => li.classList.remove("flash"), 1500);
+  }
+
+  /** Reaction chips (click to add or take back yours) and the thread link. */
+  reactionsRow(m) {
+    const chips = (m.reactions ?? []).map((r) =>
+      h(
+        "button",
+        {
+          type: "button",
+          class: `reaction${r.me ? " me" : ""}`,
+          "aria-pressed": r.me ? "true" : "false",
+          "aria-label": `${r.emoji} ${r.count}${r.me ? ", including you" : ""}`,
+          onclick: () => this.react(m.seq, r.emoji, !r.me),
+        },
+        `${r.emoji} ${r.count}`,
+      ),
+    );
+    const replies = m.reply_count
+      ? h(
+          "button",
+          { type: "button", class: "replies-link", onclick: () => this.openThread(m.seq) },
+          m.reply_count === 1 ? "1 reply" : `${m.reply_count} replies`,
+        )
+      : null;
+    if (!chips.length && !replies) return null;
+    return h("div", { class: "under" }, chips, replies);
+  }
+
+  /** The lowercased usernames of members that a text mentions. */
+  mentionedNames(text) {
+    const names = new Set();
+    for (const match of (text ?? "").matchAll(MENTION)) {
+      const name = this.memberName(match[1]);
+      if (name) names.add(name);
+    }
+    return names;
+  }
+
+  /** The member username an @name means ("bob." at the end of a sentence is bob), or null. */
+  memberName(raw) {
+    const usernames = new Set([...this.members.values()].map((m) => m.username.toLowerCase()));
+    const name = raw.toLowerCase();
+    if (usernames.has(name)) return name;
+    const trimmed = name.replace(/[.-]+$/u, "");
+    return usernames.has(trimmed) ? trimmed : null;
+  }
+
+  /** The text, with @names of members as highlighted spans (all as text nodes). */
+  withMentions(text) {
+    const parts = [];
+    let at = 0;
+    for (const match of text.matchAll(MENTION)) {
+      const name = this.memberName(match[1]);
+      if (!name) continue;
+      const end = match.index + 1 + name.length;
+      parts.push(text.slice(at, match.index));
+      const me = name === this.me.username.toLowerCase();
+      parts.push(h("span", { class: `mention${me ? " me" : ""}` }, text.slice(match.index, end)));
+      at = end;
+    }
+    parts.push(text.slice(at));
+    return parts;
   }
 
   /** A message changed (edit, delete, restore, or a newer state of it). */
@@ -318,6 +463,7 @@ export class ConversationView {
         const li = this.itemOf(message.seq);
         if (li) this.fillMessage(li, message);
       }
+      this.refreshQuotes(message);
       return;
     }
     if (this.oldest !== null && message.seq < this.oldest) return; // not loaded; paging will bring it
@@ -606,12 +752,24 @@ export class ConversationView {
           if (change.message.sender_id === this.me.id) this.app.outbox.matchStored(change.message);
           this.upsert(change.message);
           this.renderPending();
+          if (change.message.reply_to_seq) this.replyArrived(change.message);
         }
         break;
       case "message.edited":
       case "message.deleted":
       case "message.restored":
-        if (change.message) this.upsert(change.message);
+        if (change.message) this.upsert(this.keepMine(change.message));
+        break;
+      case "reaction.added":
+      case "reaction.removed":
+        if (change.message) {
+          const message = this.keepMine(change.message);
+          if (mine) {
+            const added = change.kind === "reaction.added";
+            for (const r of message.reactions) if (r.emoji === change.emoji) r.me = added;
+          }
+          this.upsert(message);
+        }
         break;
       case "read":
         if (mine && change.message_seq > this.readSeq) this.readSeq = change.message_seq;
@@ -642,6 +800,18 @@ export class ConversationView {
   // --- sending, editing, deleting --------------------------------------------------------
 
   onComposerKey(event) {
+    if (this.suggestions.length && (event.key === "Tab" || event.key === "Enter")) {
+      if (!event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this.completeMention(this.suggestions[0]);
+        return;
+      }
+    }
+    if (event.key === "Escape") {
+      if (this.suggestions.length) this.showSuggestions([]);
+      else if (this.replyTo !== null) this.cancelReply();
+      return;
+    }
     if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
     if (event.altKey || event.ctrlKey || event.metaKey) return;
     event.preventDefault();
@@ -660,7 +830,9 @@ export class ConversationView {
       toast(`A message is at most 4000 characters (this one has ${body.length}).`, { error: true });
       return;
     }
-    this.app.outbox.send(this.id, body);
+    this.app.outbox.send(this.id, body, this.replyTo);
+    this.cancelReply();
+    this.showSuggestions([]);
     this.input.value = "";
     this.autosize();
     this.renderPending();
@@ -713,6 +885,190 @@ export class ConversationView {
     this.upsert(message);
     this.renderPending();
     if (message.seq === this.newest) this.scrollToBottom();
+  }
+
+  // --- replies, threads, reactions, mentions ----------------------------------------------
+
+  startReply(seq) {
+    const message = this.messages.get(seq);
+    if (!message || message.deleted_at) return;
+    this.replyTo = seq;
+    const who = message.sender_id === this.me.id ? "yourself" : message.sender_name;
+    $("#reply-to-text").textContent = `Replying to ${who}: ${snippet(message.body)}`;
+    this.replyBar.hidden = false;
+    this.input.focus();
+  }
+
+  cancelReply(focus = false) {
+    this.replyTo = null;
+    this.replyBar.hidden = true;
+    $("#reply-to-text").textContent = "";
+    if (focus) this.input.focus();
+  }
+
+  /** Reactions of a change feed message are everyone's: keep which of them are ours. */
+  keepMine(message) {
+    const before = this.messages.get(message.seq);
+    const mine = new Set((before?.reactions ?? []).filter((r) => r.me).map((r) => r.emoji));
+    return {
+      ...message,
+      reactions: (message.reactions ?? []).map((r) => ({ ...r, me: mine.has(r.emoji) })),
+    };
+  }
+
+  async react(seq, emoji, add) {
+    const path = `/v1/conversations/${this.id}/messages/${seq}/reactions/${encodeURIComponent(emoji)}`;
+    try {
+      const message = add ? await this.api.request("PUT", path) : await this.api.delete(path);
+      this.upsert(message);
+    } catch (error) {
+      toast(`Could not ${add ? "add" : "remove"} the reaction: ${describe(error)}`, { error: true });
+    }
+  }
+
+  togglePalette(li, seq) {
+    const open = li.querySelector(".palette");
+    if (open) {
+      open.remove();
+      return;
+    }
+    const mine = new Set(
+      (this.messages.get(seq)?.reactions ?? []).filter((r) => r.me).map((r) => r.emoji),
+    );
+    const palette = h(
+      "div",
+      { class: "palette", role: "group", "aria-label": "Reactions" },
+      QUICK_REACTIONS.map((emoji) =>
+        h(
+          "button",
+          {
+            type: "button",
+            class: "small",
+            "aria-label": `React with ${emoji}`,
+            onclick: () => {
+              palette.remove();
+              this.react(seq, emoji, !mine.has(emoji));
+            },
+          },
+          emoji,
+        ),
+      ),
+    );
+    li.querySelector(".bubble").append(palette);
+    palette.querySelector("button").focus();
+  }
+
+  /** A reply was stored: its original's reply count (and an open thread) changed. */
+  async replyArrived(reply) {
+    if (this.thread === reply.reply_to_seq) this.appendThread([reply]);
+    if (!this.messages.has(reply.reply_to_seq)) return;
+    try {
+      const original = await this.api.get(
+        `/v1/conversations/${this.id}/messages/${reply.reply_to_seq}`,
+      );
+      if (!this.closed) this.upsert(original);
+    } catch (error) {
+      if (!(error instanceof NetworkError)) console.error(error);
+    }
+  }
+
+  async openThread(seq, after = 0) {
+    const list = $("#thread-list");
+    if (!after) {
+      this.thread = seq;
+      list.replaceChildren();
+      $("#thread-status").textContent = "Loading…";
+      if (!this.threadDialog.open) this.threadDialog.showModal();
+    }
+    try {
+      const page = await this.api.get(
+        `/v1/conversations/${this.id}/messages/${seq}/replies?after=${after}&limit=${PAGE}`,
+      );
+      if (this.thread !== seq) return;
+      if (!after) list.append(this.threadItem(page.parent, "parent"));
+      this.appendThread(page.replies);
+      fill(
+        $("#thread-status"),
+        page.has_more
+          ? linkButton("Load more replies", () =>
+              this.openThread(seq, page.replies[page.replies.length - 1].seq),
+            )
+          : page.replies.length || after
+            ? ""
+            : "No replies yet.",
+      );
+    } catch (error) {
+      $("#thread-status").textContent = `Could not load the thread: ${describe(error)}`;
+    }
+  }
+
+  appendThread(replies) {
+    const list = $("#thread-list");
+    for (const reply of replies) {
+      if (list.querySelector(`li[data-seq="${Number(reply.seq)}"]`)) continue;
+      list.append(this.threadItem(reply, "reply"));
+    }
+    if (replies.length) $("#thread-status").textContent = "";
+  }
+
+  threadItem(m, kind) {
+    const who = m.sender_id === this.me.id ? "You" : m.sender_name;
+    return h(
+      "li",
+      { class: `thread-item ${kind}`, dataset: { seq: m.seq } },
+      h("div", { class: "meta" }, h("span", { class: "sender" }, who), " ", timeEl(m.created_at, messageTime)),
+      h("p", { class: "body" }, m.deleted_at ? "Message deleted" : this.withMentions(m.body)),
+    );
+  }
+
+  /** Members whose username starts with the @name before the caret. */
+  updateSuggestions() {
+    const before = this.input.value.slice(0, this.input.selectionStart ?? this.input.value.length);
+    const match = before.match(MENTION_AT_CARET);
+    if (!match) {
+      this.showSuggestions([]);
+      return;
+    }
+    const prefix = match[1].toLowerCase();
+    const found = [...this.members.values()]
+      .filter((m) => m.user_id !== this.me.id && m.username.toLowerCase().startsWith(prefix))
+      .sort((a, b) => a.username.localeCompare(b.username))
+      .slice(0, 5);
+    this.showSuggestions(found);
+  }
+
+  showSuggestions(members) {
+    this.suggestions = members;
+    this.mentionList.hidden = !members.length;
+    fill(
+      this.mentionList,
+      members.map((m) =>
+        h(
+          "li",
+          {},
+          h(
+            "button",
+            {
+              type: "button",
+              class: "link-button",
+              "aria-label": `Mention @${m.username}`,
+              onclick: () => this.completeMention(m),
+            },
+            `@${m.username}`,
+            m.display_name ? h("span", { class: "hint" }, ` ${m.display_name}`) : null,
+          ),
+        ),
+      ),
+    );
+  }
+
+  completeMention(member) {
+    const caret = this.input.selectionStart ?? this.input.value.length;
+    const before = this.input.value.slice(0, caret).replace(MENTION_AT_CARET, `@${member.username} `);
+    this.input.value = before + this.input.value.slice(caret);
+    this.input.setSelectionRange(before.length, before.length);
+    this.showSuggestions([]);
+    this.input.focus();
   }
 
   startEdit(seq) {
@@ -804,9 +1160,9 @@ function linkButton(label, onclick = null) {
   return h("button", { type: "button", class: "link-button", onclick }, label);
 }
 
-function snippet(text) {
+function snippet(text, width = 40) {
   const line = text.split("\n", 1)[0];
-  return line.length > 40 ? `${line.slice(0, 40)}…` : line;
+  return line.length > width ? `${line.slice(0, width)}…` : line;
 }
 
 function stateText(item) {

@@ -36,7 +36,7 @@ export class Dialogs {
     this.details = $("#details");
     this.detailsFor = null;
     this.leaveArmed = false;
-    for (const dialog of [this.direct, this.group, this.details]) setup(dialog);
+    for (const dialog of [this.direct, this.group, this.details, $("#thread")]) setup(dialog);
 
     $("#new-direct-button").addEventListener("click", () => this.open(this.direct));
     $("#new-group-button").addEventListener("click", () => this.open(this.group));
@@ -71,7 +71,9 @@ export class Dialogs {
   }
 
   closeAll() {
-    for (const dialog of [this.direct, this.group, this.details]) if (dialog.open) dialog.close();
+    for (const dialog of [this.direct, this.group, this.details, $("#thread")]) {
+      if (dialog.open) dialog.close();
+    }
   }
 
   /** Resolve usernames to users; throws a message naming those not found. */

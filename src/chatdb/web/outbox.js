@@ -51,10 +51,11 @@ export class Outbox {
   }
 
   save() {
-    const kept = this.items.map(({ key, conversationId, body, createdAt, seq }) => ({
+    const kept = this.items.map(({ key, conversationId, body, replyTo, createdAt, seq }) => ({
       key,
       conversationId,
       body,
+      replyTo,
       createdAt,
       seq,
     }));
@@ -66,11 +67,13 @@ export class Outbox {
     return this.items.filter((i) => i.conversationId === conversationId && i.seq == null);
   }
 
-  send(conversationId, body) {
+  /** Send `body`, as a reply to message `replyTo` (a seq) when given. */
+  send(conversationId, body, replyTo = null) {
     const item = {
       key: randomKey(),
       conversationId,
       body,
+      replyTo,
       createdAt: new Date().toISOString(),
       state: "sending",
       attempts: 0,
@@ -114,7 +117,7 @@ export class Outbox {
     try {
       const message = await this.api.post(
         `/v1/conversations/${item.conversationId}/messages`,
-        { body: item.body },
+        item.replyTo ? { body: item.body, reply_to_seq: item.replyTo } : { body: item.body },
         // A send that hangs (a dead connection) counts as failed, and is retried.
         { headers: { "Idempotency-Key": item.key }, signal: AbortSignal.timeout(20_000) },
       );

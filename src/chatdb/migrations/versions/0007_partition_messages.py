@@ -1,7 +1,7 @@
 """hash-partition messages by conversation (only when CHATDB_MESSAGE_PARTITIONS > 0)
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-23 22:20:00
 
 With CHATDB_MESSAGE_PARTITIONS=N (N > 0) when this migration runs, messages
@@ -26,7 +26,7 @@ from chatdb.config import Settings
 from chatdb.partitioning import partition_count, rebuild
 
 revision: str = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
