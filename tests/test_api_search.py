@@ -92,3 +92,20 @@ def test_bad_input_is_a_clear_4xx(api: Api) -> None:
         assert response.headers["content-type"].startswith("application/problem+json")
     response = api.client.get("/v1/search", params={"q": "\x00"}, headers=alice.auth)
     assert response.status_code == 422
+
+
+def test_the_mentions_filter(api: Api) -> None:
+    alice, bob = api.account("alice"), api.account("bob")
+    group = api.group(alice, bob)
+    api.send(alice, group, "@bob the build is green")
+    api.send(alice, group, "the build is green again")
+    mine = api.client.get("/v1/search", params={"q": "build", "mentions": "true"}, headers=bob.auth)
+    assert mine.status_code == 200, mine.text
+    assert [h["message"]["seq"] for h in mine.json()["results"]] == [1]
+    everyone = api.client.get("/v1/search", params={"q": "build"}, headers=bob.auth)
+    assert len(everyone.json()["results"]) == 2
+    # The admin key has no mentions of its own.
+    operator = api.client.get(
+        "/v1/search", params={"q": "build", "mentions": "true"}, headers=api.admin
+    )
+    assert operator.status_code == 403

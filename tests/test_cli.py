@@ -304,9 +304,11 @@ def test_search_through_the_cli(migrated_url: str) -> None:
     cid = str(group["id"])
     for body in ("deploy tonight", "deploy the release", "lunch plans", "deploy docs"):
         ok("message", "send", cid, body, "--sender", "alice")
+    ok("message", "send", cid, "@bob deploy is yours", "--sender", "alice")
 
     found = json.loads(ok("search", "deploy -docs", "--as", "bob", "--json"))
     assert sorted(h["message"]["body"] for h in found["results"]) == [
+        "@bob deploy is yours",
         "deploy the release",
         "deploy tonight",
     ]
@@ -314,9 +316,12 @@ def test_search_through_the_cli(migrated_url: str) -> None:
     first = json.loads(ok("search", "deploy", "--limit", "2", "--json"))
     rest = json.loads(ok("search", "deploy", "--cursor", first["next_cursor"], "--json"))
     seqs = [h["message"]["seq"] for h in first["results"] + rest["results"]]
-    assert sorted(seqs) == [1, 2, 4]
+    assert sorted(seqs) == [1, 2, 4, 5]
     assert rest["next_cursor"] is None
     table = ok("search", '"the release"', "--from", "alice", "--conversation", cid)
     assert "deploy the «release»" in table
     assert_one_line_error(run_chatdb("search", "--", "-deploy", env=env), "nothing to search for")
     assert_one_line_error(run_chatdb("search", "x", "--cursor", "nope", env=env), "cursor")
+    mentions = json.loads(ok("search", "deploy", "--as", "bob", "--mentions", "--json"))
+    assert [h["message"]["seq"] for h in mentions["results"]] == [5]
+    assert_one_line_error(run_chatdb("search", "deploy", "--mentions", env=env), "--as")

@@ -324,3 +324,17 @@ def test_an_unknown_language_stops_the_migration_clearly(
     with pytest.raises(RuntimeError, match="not a text search configuration"):
         for _ in _migrate_with_language(empty_database, "klingon", monkeypatch):
             pass
+
+
+def test_the_mentions_filter(session: Session, chat: tuple[User, User, Conversation]) -> None:
+    alice, bob, group = chat
+    send(session, group, alice, f"@{bob.username} the deploy is done")
+    send(session, group, alice, "the deploy is done, says nobody in particular")
+    send(session, group, bob, f"@{alice.username} deploy checked")
+    assert len(_search(session, bob, "deploy")) == 3
+    assert _search(session, bob, "deploy", mentioning=bob.id) == [
+        f"@{bob.username} the deploy is done"
+    ]
+    assert _search(session, alice, "deploy", mentioning=alice.id) == [
+        f"@{alice.username} deploy checked"
+    ]

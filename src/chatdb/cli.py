@@ -934,6 +934,9 @@ def search(
     after: Annotated[
         datetime | None, typer.Option(formats=_TIME_FORMATS, help="Sent after (UTC if no zone).")
     ] = None,
+    mentions: Annotated[
+        bool, typer.Option("--mentions", help="Only messages that @mention the --as user.")
+    ] = False,
     limit: LimitOpt = 20,
     cursor: Annotated[str | None, typer.Option(help="Cursor printed by the previous page.")] = None,
     as_json: JsonFlag = False,
@@ -942,11 +945,15 @@ def search(
 
     Text that starts with '-' goes after `--`: chatdb search -- -word other.
     """
+    if mentions and not as_user:
+        raise Invalid("--mentions needs --as: whose mentions?")
     with unit_of_work() as session:
+        actor_id = resolve_user(session, as_user) if as_user else None
         page = store.search_messages(
             session=session,
             q=text,
-            actor_id=resolve_user(session, as_user) if as_user else None,
+            actor_id=actor_id,
+            mentioning=actor_id if mentions else None,
             conversation_id=conversation,
             sender_id=resolve_user(session, from_user) if from_user else None,
             before=before,

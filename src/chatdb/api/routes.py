@@ -742,12 +742,14 @@ def search(
     from_user: Annotated[int | None, Query(ge=1, le=schemas.BIGINT_MAX)] = None,
     before: Annotated[datetime | None, Query(description="Sent before this time")] = None,
     after: Annotated[datetime | None, Query(description="Sent after this time")] = None,
+    mentions: Annotated[bool, Query(description="Only messages that @mention you")] = False,
     limit: Limit = 20,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> schemas.SearchPageOut:
     """Messages of your conversations that match `q`, most relevant first (newest
     first among equals), with the matching words marked in `snippet`."""
     after_hit = cursors.parse_search(cursor)
+    mentioned = caller.require_user() if mentions else None
     with db.read_transaction() as session:
         page = store.search_messages(
             session=session,
@@ -759,6 +761,7 @@ def search(
             after=after,
             cursor=after_hit,
             limit=limit,
+            mentioning=mentioned,
         )
     return schemas.SearchPageOut(
         results=[

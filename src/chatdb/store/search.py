@@ -21,6 +21,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    exists,
     func,
     select,
     tuple_,
@@ -70,6 +71,7 @@ def search_messages(
     after: datetime | None = None,
     cursor: SearchCursor | None = None,
     limit: int = 20,
+    mentioning: int | None = None,
 ) -> SearchPage:
     """Messages matching `q` (web-search syntax: "a phrase", -word, or), most
     relevant first, newer first among equals, in keyset pages.
@@ -77,6 +79,7 @@ def search_messages(
     Only messages of live conversations `actor_id` is a member of (all for an
     operator, None); never deleted ones. Edited messages match their current
     text only: an edit replaces the index entry with the new text's.
+    `mentioning`: only messages that @mention this user.
     """
     limit = page_limit(limit)
     text_query = _prepare(q)
@@ -99,6 +102,9 @@ def search_messages(
     if sender_id is not None:
         params["sender_id"] = positive_id(sender_id, field="from user")
         filters.append("sender_id")
+    if mentioning is not None:
+        params["mentioned_id"] = positive_id(mentioning, field="mentioned user")
+        filters.append("mentioned_id")
     for name, value in (("before", _as_utc(before)), ("after", _as_utc(after))):
         if value is not None:
             params[name] = value
@@ -216,6 +222,15 @@ def _search_template(for_member: bool, filters: frozenset[str], with_cursor: boo
         )
     if "sender_id" in filters:
         page = page.where(messages.sender_id == bindparam("sender_id", type_=BigInteger))
+    if "mentioned_id" in filters:
+        mention = models.MessageMention
+        page = page.where(
+            exists().where(
+                mention.conversation_id == messages.conversation_id,
+                mention.seq == messages.seq,
+                mention.user_id == bindparam("mentioned_id", type_=BigInteger),
+            )
+        )
     if "before" in filters:
         page = page.where(messages.created_at < bindparam("before", type_=DateTime(timezone=True)))
     if "after" in filters:
