@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
@@ -126,4 +126,18 @@ def session(shared_engine: Engine) -> Iterator[Session]:
 
 
 # The API fixtures live beside the others so every test module can use them.
+def uses_index(session: Session, plan: str, index: str) -> bool:
+    """Whether a plan scans `index`, or, with messages partitioned
+    (CHATDB_MESSAGE_PARTITIONS), one of the partitions' indexes attached to it."""
+    names = session.execute(
+        text(
+            "SELECT CAST(:index AS regclass)::text UNION ALL "
+            "SELECT inhrelid::regclass::text FROM pg_inherits "
+            "WHERE inhparent = CAST(:index AS regclass)"
+        ),
+        {"index": index},
+    ).scalars()
+    return any(f" {name} " in plan or plan.endswith(f" {name}") for name in names)
+
+
 from tests.api_support import api  # noqa: E402, F401
