@@ -920,25 +920,48 @@ def _next_id_base(cur: psycopg.Cursor[Any], table: str) -> int:
 
 
 def _can_bulk_load(cur: psycopg.Cursor[Any], table: str) -> bool:
-    """Empty (so truncating loses nothing) and referenced by no other table (so it can be)."""
-    row = cur.execute(
+    """Empty (so truncating loses nothing), and so is every other table whose
+    foreign keys point at it (reactions, mentions): those keys can go and come back."""
+    if cur.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(table))).fetchone():
+        return False
+    for (referencing,) in _referencing_keys(cur, table, "conrelid::regclass::text"):
+        if cur.execute(
+            sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(referencing))
+        ).fetchone():
+            return False
+    return True
+
+
+def _referencing_keys(cur: psycopg.Cursor[Any], table: str, columns: str) -> list[tuple[Any, ...]]:
+    """Other tables' foreign keys to `table` (on a partitioned table, the parent
+    constraint only: its per-partition clones go and come back with it)."""
+    return cur.execute(
         sql.SQL(
-            "SELECT NOT EXISTS (SELECT FROM {}) AND NOT EXISTS (SELECT FROM pg_constraint "
-            "WHERE contype = 'f' AND confrelid = %s::regclass AND conrelid <> confrelid)"
-        ).format(sql.Identifier(table)),
+            "SELECT DISTINCT {} FROM pg_constraint WHERE contype = 'f' "
+            "AND confrelid = %s::regclass AND conrelid <> confrelid AND conparentid = 0 "
+            "ORDER BY 1"
+        ).format(sql.SQL(columns)),
         (table,),
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
 
 
 def _drop_for_bulk_load(cur: psycopg.Cursor[Any], tables: list[str]) -> _Rebuild:
     rebuild = _Rebuild()
     for table in tables:
-        # Foreign keys first, then the primary key (nothing else references it: see
-        # _can_bulk_load), then the indexes that back no constraint.
+        # Other (empty) tables' foreign keys to it, its own foreign keys, then its
+        # primary key, then the indexes that back no constraint.
+        for referencing, name, definition in _referencing_keys(
+            cur, table, "conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+        ):
+            rebuild.foreign_keys.append((referencing, name, definition))
+            cur.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    sql.Identifier(referencing), sql.Identifier(name)
+                )
+            )
         for kind, name, definition in cur.execute(
             "SELECT contype, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = %s::regclass AND contype IN ('f', 'p') "
+            "WHERE conrelid = %s::regclass AND contype IN ('f', 'p') AND conparentid = 0 "
             "ORDER BY contype, conname",
             (table,),
         ).fetchall():
