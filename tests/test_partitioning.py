@@ -129,9 +129,10 @@ def test_partitioning_keeps_every_row_key_index_and_trigger_both_ways(
     monkeypatch.setenv("CHATDB_MESSAGE_PARTITIONS", "0")
     migrate.downgrade(engine, _before_partitioning())
     assert _layout(engine) == ("r", 0, [3_000])
-    assert _snapshot(engine) == before
     migrate.upgrade(engine)
     assert _layout(engine) == ("r", 0, [3_000])  # the option unset: nothing changes
+    # (Compared at the head: later migrations change messages, 0009 its columns.)
+    assert _snapshot(engine) == before
 
 
 def test_the_partition_command(fresh_database: URL) -> None:

@@ -248,23 +248,55 @@ def test_odd_text_is_searched_not_refused(
 
 
 def test_search_uses_the_index(session: Session, chat: tuple[User, User, Conversation]) -> None:
-    """The store's WHERE is the index's expression and predicate, which the index
-    can serve. (Which plan wins depends on the data; the bench shows real ones.)"""
+    """The store's WHERE is the index's column and predicate, which the index can
+    serve, and it ranks from the stored vector. (Which plan wins depends on the
+    data; the bench shows real ones.)"""
     alice, bob, group = chat
     send(session, group, alice, "indexed words")
     sql = str(store.search_statement("indexed", bob.id).compile(dialect=session.get_bind().dialect))
-    assert "chatdb_search_vector(messages.body) @@ chatdb_search_query(" in sql
+    assert "messages.search_vector @@ chatdb_search_query(" in sql
+    assert "ts_rank(candidate.search_vector, " in sql
     assert "messages.deleted_at IS NULL" in sql
     session.execute(text("SET LOCAL enable_seqscan = off"))
     plan = "\n".join(
         session.execute(
             text(
                 "EXPLAIN SELECT seq FROM messages WHERE deleted_at IS NULL "
-                "AND chatdb_search_vector(body) @@ chatdb_search_query('indexed')"
+                "AND search_vector @@ chatdb_search_query('indexed')"
             )
         ).scalars()
     )
     assert uses_index(session, plan, "ix_messages_search"), plan
+
+
+def test_the_stored_vector_follows_edits_and_deletes(
+    session: Session, chat: tuple[User, User, Conversation]
+) -> None:
+    alice, _, group = chat
+    message = send(session, group, alice, "first draft").message
+
+    def stored() -> str | None:
+        return session.execute(
+            text(
+                "SELECT search_vector::text FROM messages WHERE conversation_id = :c AND seq = :s"
+            ),
+            {"c": group.id, "s": message.seq},
+        ).scalar_one()
+
+    assert (
+        stored()
+        == session.execute(text("SELECT chatdb_search_vector('first draft')::text")).scalar_one()
+    )
+    store.edit_message(
+        session=session, conversation_id=group.id, seq=message.seq, actor_id=alice.id, body="final"
+    )
+    edited = stored() or ""
+    assert "draft" not in edited
+    assert "final" in edited
+    store.delete_message(
+        session=session, conversation_id=group.id, seq=message.seq, actor_id=alice.id
+    )
+    assert stored() is None
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Stable constraint names, so migrations can refer to them and diffs stay empty.
@@ -193,6 +195,15 @@ class Message(Base):
     reply_to_seq: Mapped[int | None] = mapped_column(BigInteger)
     # Replies to this message, kept by the send that adds one (no COUNT at read time).
     reply_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # What search matches and ranks (migration 0009): computed once per write,
+    # NULL once deleted. Deferred: no read but search wants it.
+    search_vector: Mapped[str | None] = mapped_column(
+        TSVECTOR,
+        Computed(
+            "CASE WHEN deleted_at IS NULL THEN chatdb_search_vector(body) END", persisted=True
+        ),
+        deferred=True,
+    )
 
     __table_args__ = (
         CheckConstraint("seq > 0", name="seq_positive"),
@@ -240,12 +251,12 @@ class Message(Base):
             "deleted_at",
             postgresql_where=text("deleted_at IS NOT NULL AND body <> ''"),
         ),
-        # Full-text search (migration 0005): the function holds the configured
-        # language. Written straight into the index (fastupdate off), so no send
-        # pays for flushing a pending list; deleted messages are left out.
+        # Full-text search (migrations 0005, 0009). Written straight into the
+        # index (fastupdate off), so no send pays for flushing a pending list;
+        # deleted messages are left out.
         Index(
             "ix_messages_search",
-            func.chatdb_search_vector(text("body")),
+            "search_vector",
             postgresql_using="gin",
             postgresql_with={"fastupdate": "off"},
             postgresql_where=text("deleted_at IS NULL"),

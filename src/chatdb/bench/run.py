@@ -201,16 +201,36 @@ def read_ops(t: Targets, auth: dict[int, dict[str, str]], admin: dict[str, str])
             )
         )
     # Search as the reader: a word found in every conversation, across all of
-    # theirs, and a phrase in the longest conversation.
-    for name, label, q, in_conversation in (
+    # theirs, and a phrase in the longest conversation; and the word as the
+    # user in (about) 500 conversations.
+    searches = [
         (
             "search_word",
             f"search {SEARCH_WORD!r}, all the reader's conversations",
             SEARCH_WORD,
+            reader,
             None,
         ),
-        ("search_phrase", f"search {SEARCH_PHRASE} in the longest conversation", SEARCH_PHRASE, c),
-    ):
+        (
+            "search_phrase",
+            f"search {SEARCH_PHRASE} in the longest conversation",
+            SEARCH_PHRASE,
+            reader,
+            c,
+        ),
+    ]
+    if "500" in t.inbox_users:
+        user_id, n = t.inbox_users["500"]
+        searches.append(
+            (
+                "search_word_500",
+                f"search {SEARCH_WORD!r}, user in {n:,} conversations",
+                SEARCH_WORD,
+                user_id,
+                None,
+            )
+        )
+    for name, label, q, searcher, in_conversation in searches:
         params: dict[str, Any] = {"q": q, "limit": SEARCH_PAGE}
         if in_conversation is not None:
             params["conversation_id"] = in_conversation
@@ -218,9 +238,9 @@ def read_ops(t: Targets, auth: dict[int, dict[str, str]], admin: dict[str, str])
             ReadOp(
                 name,
                 label,
-                store.search_statement(q, reader, in_conversation, SEARCH_PAGE),
-                _search_call(q, reader, in_conversation),
-                http.HttpCall("GET", "/v1/search", auth[reader], params=params),
+                store.search_statement(q, searcher, in_conversation, SEARCH_PAGE),
+                _search_call(q, searcher, in_conversation),
+                http.HttpCall("GET", "/v1/search", auth[searcher], params=params),
             )
         )
     ops += [

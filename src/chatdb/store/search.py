@@ -1,9 +1,10 @@
 """Full-text search of messages. Every function runs in the caller's transaction.
 
 How text becomes searchable (the language, exact words beside stemmed ones) is
-in the database: migration 0005 made chatdb_search_vector, the GIN index on it,
-chatdb_search_query and chatdb_search_snippet. The SQL here only calls them, so
-it can never disagree with the index.
+in the database: migration 0005 made chatdb_search_vector, chatdb_search_query
+and chatdb_search_snippet, and 0009 the stored column messages.search_vector
+(computed by the first) with the GIN index on it. The SQL here only uses them,
+so it can never disagree with the index.
 """
 
 import re
@@ -24,9 +25,10 @@ from sqlalchemy import (
     exists,
     func,
     select,
+    true,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import REAL, TSQUERY, TSVECTOR
+from sqlalchemy.dialects.postgresql import REAL, TSQUERY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -36,6 +38,12 @@ from chatdb.store._validate import clean_text, page_limit, positive_id
 from chatdb.store.types import AnyRow, AnySelect, Message, SearchCursor, SearchHit, SearchPage
 
 QUERY_MAX = 500
+# A search ranks the newest CANDIDATES matches, not every match: a common word
+# matches a large share of a long history (90 000 messages of one
+# 900 000-message conversation in the large bench), and ranking them all costs
+# time in proportion. Older matches are reached by narrowing: `before`, a
+# conversation, a sender, more words.
+CANDIDATES = 1000
 FILTERS = ("conversation_id", "sender_id", "before", "after")
 
 # What chatdb_search_snippet wraps matches in (see migration 0005).
@@ -177,54 +185,36 @@ def _hit(row: AnyRow) -> SearchHit:
 
 @lru_cache(maxsize=64)
 def _search_template(for_member: bool, filters: frozenset[str], with_cursor: bool) -> AnySelect:
-    """One statement per shape: the page, then names and snippets for its rows only.
+    """One statement per shape: the candidates, the page, then names and
+    snippets for the page's rows only.
 
-    The inner query finds matches through the GIN index (the WHERE repeats the
-    indexed expression and predicate), keeps those of the actor's live
-    conversations (their memberships hash-joined), ranks them and keeps
-    `limit` + 1. ts_headline re-reads the text, so the outer query runs it on
-    the page's rows alone.
+    Candidates are the newest CANDIDATES matches (see the module's note). For a
+    member (or one named conversation) they are found conversation by
+    conversation, newest first (a LATERAL per conversation, so each stops early
+    and the planner can pick the primary key walked backwards or the GIN index,
+    whichever its statistics favour for the words); for an operator across
+    everything, newest first over all messages. Only candidates are ranked, from
+    the stored vector. ts_headline re-reads the text, so the outer query runs it
+    on the page's rows alone.
     """
     messages = models.Message.__table__.c
     conversations = models.Conversation.__table__
     members = models.ConversationMember.__table__.c
     query = func.chatdb_search_query(bindparam("q", type_=Text), type_=TSQUERY)
-    vector = func.chatdb_search_vector(messages.body, type_=TSVECTOR)
-    rank = func.ts_rank(vector, query, type_=REAL)
-    source = models.Message.__table__.join(
-        conversations,
-        and_(conversations.c.id == messages.conversation_id, conversations.c.deleted_at.is_(None)),
-    )
-    if for_member:
-        source = source.join(
-            models.ConversationMember.__table__,
-            and_(
-                members.conversation_id == messages.conversation_id,
-                members.user_id == bindparam("actor_id", type_=BigInteger),
-            ),
-        )
-    page = (
-        select(
-            messages.conversation_id,
-            messages.seq,
-            messages.sender_id,
-            messages.body,
-            messages.created_at,
-            messages.edited_at,
-            rank.label("rank"),
-        )
-        .select_from(source)
-        .where(vector.bool_op("@@")(query), messages.deleted_at.is_(None))
-    )
-    if "conversation_id" in filters:
-        page = page.where(
-            messages.conversation_id == bindparam("conversation_id", type_=BigInteger)
-        )
+    matching = select(
+        messages.conversation_id,
+        messages.seq,
+        messages.sender_id,
+        messages.body,
+        messages.created_at,
+        messages.edited_at,
+        messages.search_vector,
+    ).where(messages.search_vector.bool_op("@@")(query), messages.deleted_at.is_(None))
     if "sender_id" in filters:
-        page = page.where(messages.sender_id == bindparam("sender_id", type_=BigInteger))
+        matching = matching.where(messages.sender_id == bindparam("sender_id", type_=BigInteger))
     if "mentioned_id" in filters:
         mention = models.MessageMention
-        page = page.where(
+        matching = matching.where(
             exists().where(
                 mention.conversation_id == messages.conversation_id,
                 mention.seq == messages.seq,
@@ -232,12 +222,49 @@ def _search_template(for_member: bool, filters: frozenset[str], with_cursor: boo
             )
         )
     if "before" in filters:
-        page = page.where(messages.created_at < bindparam("before", type_=DateTime(timezone=True)))
+        matching = matching.where(
+            messages.created_at < bindparam("before", type_=DateTime(timezone=True))
+        )
     if "after" in filters:
-        page = page.where(messages.created_at > bindparam("after", type_=DateTime(timezone=True)))
+        matching = matching.where(
+            messages.created_at > bindparam("after", type_=DateTime(timezone=True))
+        )
+    live = conversations.c.deleted_at.is_(None)
+    if for_member or "conversation_id" in filters:
+        scope = select(conversations.c.id).where(live)
+        if for_member:
+            scope = scope.join(
+                models.ConversationMember.__table__,
+                and_(
+                    members.conversation_id == conversations.c.id,
+                    members.user_id == bindparam("actor_id", type_=BigInteger),
+                ),
+            )
+        if "conversation_id" in filters:
+            scope = scope.where(
+                conversations.c.id == bindparam("conversation_id", type_=BigInteger)
+            )
+        scope_sq = scope.subquery("scope")
+        per_conversation = (
+            matching.where(messages.conversation_id == scope_sq.c.id)
+            .order_by(messages.seq.desc())
+            .limit(CANDIDATES)
+            .lateral("found")
+        )
+        found = select(per_conversation).select_from(scope_sq.join(per_conversation, true()))
+        newest = per_conversation.c.created_at
+    else:
+        found = matching.where(exists().where(conversations.c.id == messages.conversation_id, live))
+        newest = messages.created_at
+    candidates = found.order_by(newest.desc()).limit(CANDIDATES).subquery("candidate")
+    c = candidates.c
+    rank = func.ts_rank(c.search_vector, query, type_=REAL)
+    page = select(
+        c.conversation_id, c.seq, c.sender_id, c.body, c.created_at, c.edited_at, rank.label("rank")
+    )
     if with_cursor:
         page = page.where(
-            tuple_(rank, messages.created_at, messages.conversation_id, messages.seq)
+            tuple_(rank, c.created_at, c.conversation_id, c.seq)
             < tuple_(
                 # The rank comes back as float4's shortest text; as real it is
                 # the same value again, as double precision it would not be.
@@ -247,12 +274,7 @@ def _search_template(for_member: bool, filters: frozenset[str], with_cursor: boo
                 bindparam("cursor_seq", type_=BigInteger),
             )
         )
-    order = (
-        rank.desc(),
-        messages.created_at.desc(),
-        messages.conversation_id.desc(),
-        messages.seq.desc(),
-    )
+    order = (rank.desc(), c.created_at.desc(), c.conversation_id.desc(), c.seq.desc())
     page_sq = page.order_by(*order).limit(bindparam("page_rows", type_=Integer)).subquery("page")
     conversation = conversations.alias("conversation")
     sender, other = models.User.__table__.alias("sender"), models.User.__table__.alias("other")
