@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy.engine import URL
 
@@ -89,6 +90,18 @@ def test_missing_database_and_bad_user_name_what_to_check(server_url: URL) -> No
         env=base_env(CHATDB_DATABASE_URL=bad_role.render_as_string(hide_password=False)),
     )
     assert_one_line_error(result, "no_such_role_x")
+
+
+def test_a_statement_timeout_is_not_called_a_connection_failure(migrated_url: str) -> None:
+    env = base_env(CHATDB_DATABASE_URL=migrated_url, CHATDB_STATEMENT_TIMEOUT_MS="300")
+    with psycopg.connect(migrated_url) as holder:
+        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        result = run_chatdb("user", "list", env=env)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "statement timeout (300 ms, CHATDB_STATEMENT_TIMEOUT_MS)" in lines[0]
+    assert "cannot connect" not in lines[0]
 
 
 def test_schema_behind_stops_with_a_pointer_to_upgrade(empty_database: str) -> None:

@@ -1496,6 +1496,14 @@ def main() -> None:
     except (NotFound, Conflict, Forbidden, ChatdbError) as exc:
         fail(str(exc), 1)
     except OperationalError as exc:
+        if getattr(getattr(exc.orig, "diag", None), "sqlstate", None) == "57014":
+            # query_canceled is an OperationalError too, but the server is fine.
+            fail(
+                "the statement ran past the statement timeout "
+                f"({get_settings().statement_timeout_ms} ms, CHATDB_STATEMENT_TIMEOUT_MS); "
+                "its transaction was rolled back",
+                1,
+            )
         # The server went away mid-command, or refused a new connection.
         fail(str(explain_connection_error(database_url(), exc.orig or exc)), 2)
     except DBAPIError as exc:
