@@ -361,7 +361,8 @@ def _lock_original(session: Session, conversation_id: int, seq: int) -> bool:
 
 
 def _lock_for_send(session: Session, conversation_id: int) -> None:
-    """Lock the conversation row (FOR KEY SHARE) before the send statement runs.
+    """Lock the conversation row (FOR NO KEY UPDATE: SQLAlchemy's key_share=True)
+    before the send statement runs.
 
     Membership changes and deletes lock the row FOR UPDATE, so they and this
     send now run one after the other, and the send statement's snapshot is
@@ -369,8 +370,9 @@ def _lock_for_send(session: Session, conversation_id: int) -> None:
     behind a member's removal was re-checked by PostgreSQL against the new row
     version only: the membership EXISTS kept its old snapshot, and the removed
     member's message was stored after the removal (tests/test_races.py).
-    KEY SHARE does not conflict with other sends' row updates, so concurrent
-    sends still only queue for the counter, as before.
+    It is the lock the send's own counter UPDATE takes on the same row, taken
+    earlier: concurrent sends to a conversation queue for the row as they did
+    anyway, and sends to other conversations never meet it.
     """
     locked = session.execute(
         select(models.Conversation.id)
