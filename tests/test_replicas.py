@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -159,9 +160,23 @@ def test_a_replica_that_goes_away_is_left_out_and_comes_back(
         _replica_sql(cluster, "SELECT pg_wal_replay_resume()")
 
 
+def _free_port_pair() -> int:
+    """A port that is free with the next one (the replica takes it): the
+    module's cluster already listens on two ports of its own."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 def test_dev_cluster_command_starts_a_primary_and_a_replica_and_stops_them() -> None:
     root = Path(tempfile.mkdtemp(prefix="chatdb-devcluster-"))
-    port = free_port()
+    port = _free_port_pair()
     process = subprocess.Popen(
         [sys.executable, "-m", "chatdb", "dev", "cluster", "--dir", str(root), "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -189,7 +204,12 @@ def test_dev_cluster_command_starts_a_primary_and_a_replica_and_stops_them() -> 
         # A hang guard, not a speed check: each server's clean stop (its
         # shutdown checkpoint) may take up to pg_ctl's own 60 s on a busy disk,
         # and CI once took longer than 60 s for the two.
-        assert process.wait(timeout=3 * WAIT) == 0
+        try:
+            assert process.wait(timeout=3 * WAIT) == 0
+        except subprocess.TimeoutExpired:
+            logs = {log.name: log.read_text(errors="replace")[-3000:] for log in root.glob("*.log")}
+            processes = subprocess.run(["ps", "-ef"], capture_output=True, text=True).stdout
+            pytest.fail(f"dev cluster did not stop; logs: {logs}\nprocesses:\n{processes}")
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(replica, connect_timeout=2)
     finally:
