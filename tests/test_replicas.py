@@ -183,6 +183,8 @@ def test_dev_cluster_command_starts_a_primary_and_a_replica_and_stops_them() -> 
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        # As a script's `cmd &` would start it: Ctrl+C must still stop it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert process.stdout is not None

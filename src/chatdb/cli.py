@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -247,6 +248,7 @@ def dev_cluster(
     """Run a primary and streaming replicas on loopback until Ctrl+C, with
     chatdb's schema applied on the primary (pg_basebackup, physical replication)."""
     ports = [port + offset for offset in range(replicas + 1)]
+    _stop_on_interrupt_or_terminate()
     cluster = devcluster.start_cluster(directory.resolve(), ports)
     try:
         admin_url = normalize_url(cluster.primary.url())
@@ -265,6 +267,19 @@ def dev_cluster(
         pass
     finally:
         cluster.stop()
+
+
+def _stop_on_interrupt_or_terminate() -> None:
+    """Ctrl+C and `kill` both stop the servers cleanly, also when this process
+    was started with SIGINT ignored or blocked (as `cmd &` in a script starts it;
+    the test suite once passed it on that way)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, interrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 @db_app.command("stop")
