@@ -49,7 +49,10 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
         )
     )
     args = ("bench", "--size", "small", "--quick", "--out", str(tmp_path), "--json")
-    result = run_chatdb(*args, "--database", bench_database, env=env, timeout=600)
+    # Two uvicorn workers: the multi-process path of the HTTP part works too.
+    result = run_chatdb(
+        *args, "--database", bench_database, "--http-workers", "2", env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == json.loads((tmp_path / "bench-small.json").read_text())
@@ -64,6 +67,7 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     targets = report["targets"]
     assert 0 < targets["depth"] < targets["conversation_messages"]
     assert targets["inbox_users"]["most"]["conversations"] > 1
+    assert targets["http_workers"] == 2
 
     assert set(READS) <= set(report["reads"])
     for entry in report["reads"].values():
@@ -84,8 +88,15 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     send = report["writes"]["send"]
     assert set(send["floor"]) == set(send["data_layer"]) == {"1", "8"}
     assert set(send["data_layer_without_search_index"]) == {"1", "8"}
+    assert set(send["floor_without_flush_wait"]) == {"8"}
     assert set(send["http"]) == {"1", "8", "32"}
-    for part in ("floor", "data_layer", "data_layer_without_search_index", "http"):
+    for part in (
+        "floor",
+        "floor_without_flush_wait",
+        "data_layer",
+        "data_layer_without_search_index",
+        "http",
+    ):
         for workers, stats in send[part].items():
             assert_stats(stats, concurrency=int(workers))
 
@@ -111,3 +122,4 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     assert second["dataset"]["load_seconds"] == report["dataset"]["load_seconds"]
     assert all(entry["http"] == {} for entry in second["reads"].values())
     assert second["writes"]["send"]["http"] == {}
+    assert second["targets"]["http_workers"] is None

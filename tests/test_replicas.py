@@ -49,6 +49,9 @@ def cluster() -> Iterator[devcluster.Cluster]:
         engine = make_engine(admin_url.set(database=EMBEDDED_DATABASE), TEST_SETTINGS)
         migrate.upgrade(engine)
         engine.dispose()
+        # Until then the replica may not have the database yet: the first read
+        # routed to it failed to connect, and went to the primary (seen in CI).
+        cluster.wait_replayed()
         yield cluster
     finally:
         cluster.stop()

@@ -269,6 +269,27 @@ def test_search_uses_the_index(session: Session, chat: tuple[User, User, Convers
     assert uses_index(session, plan, "ix_messages_search"), plan
 
 
+def test_searches_are_planned_for_their_values(
+    session: Session, chat: tuple[User, User, Conversation]
+) -> None:
+    """psycopg prepares a statement on its fifth run; PostgreSQL's generic plan
+    for it would recompute the search query per row. A search's transaction
+    plans for the values instead, so the prepared search never runs generic."""
+    alice, bob, group = chat
+    send(session, group, alice, "planned words")
+    for _ in range(8):
+        assert _search(session, bob, "planned") == ["planned words"]
+    assert session.execute(text("SHOW plan_cache_mode")).scalar_one() == "force_custom_plan"
+    prepared = session.execute(
+        text(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '%ts_rank(candidate.search_vector%'"
+        )
+    ).all()
+    assert prepared, "psycopg prepared the search after five runs"
+    assert all(generic == 0 and custom > 0 for generic, custom in prepared), prepared
+
+
 def test_the_stored_vector_follows_edits_and_deletes(
     session: Session, chat: tuple[User, User, Conversation]
 ) -> None:

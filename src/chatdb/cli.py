@@ -1392,6 +1392,9 @@ def bench_command(
         str | None,
         typer.Option(help="Database name for the dataset (default chatdb_bench_SIZE)."),
     ] = None,
+    http_workers: Annotated[
+        int, typer.Option(min=1, max=64, help="uvicorn worker processes for the HTTP part.")
+    ] = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure chatdb: p50/p95/p99 and throughput per operation, against the bare-driver floor.
@@ -1417,6 +1420,7 @@ def bench_command(
                 dataset,
                 quick=quick,
                 with_http=with_http,
+                http_workers=http_workers,
                 progress=partial(_bench_status, status, chosen.value),
             )
         report = result.as_json()

@@ -39,8 +39,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(url: URL, admin_key: str) -> Iterator[str]:
-    """Run `chatdb serve`'s app on the benchmark database; yields its base URL."""
+def serve(url: URL, admin_key: str, *, workers: int = 1) -> Iterator[str]:
+    """Run `chatdb serve`'s app on the benchmark database, in `workers`
+    processes; yields its base URL."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATDB_")}
     env["CHATDB_DATABASE_URL"] = url.set(drivername="postgresql").render_as_string(
@@ -62,6 +63,8 @@ def serve(url: URL, admin_key: str) -> Iterator[str]:
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--workers",
+                str(workers),
             ],
             env=env,
             stdout=log,

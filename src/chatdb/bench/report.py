@@ -88,6 +88,7 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
             table.add_column(f"{c} sender{'s' if c > 1 else ''}", justify="right")
         for part, name in (
             ("floor", "floor (psycopg)"),
+            ("floor_without_flush_wait", "floor, not waiting for the flush (not durable)"),
             ("data_layer", "data layer"),
             ("data_layer_without_search_index", "data layer, search index dropped"),
             ("http", "HTTP"),

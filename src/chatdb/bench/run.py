@@ -154,6 +154,9 @@ class ReadOp:
     statement: ClauseElement  # what the floor runs: the store's own SQL
     call: Callable[[Session], object]  # the store function
     http: http.HttpCall | None
+    # Planned for its values on every run, as the store plans searches (see
+    # store.search_messages); else the floor's prepared statement goes generic.
+    custom_plans: bool = False
 
 
 def compile_sql(statement: ClauseElement, dialect: Dialect) -> tuple[str, dict[str, Any]]:
@@ -241,6 +244,7 @@ def read_ops(t: Targets, auth: dict[int, dict[str, str]], admin: dict[str, str])
                 store.search_statement(q, searcher, in_conversation, SEARCH_PAGE),
                 _search_call(q, searcher, in_conversation),
                 http.HttpCall("GET", "/v1/search", auth[searcher], params=params),
+                custom_plans=True,
             )
         )
     ops += [
@@ -317,11 +321,16 @@ SELECT c.id, c.title, m.seq, m.body, m.created_at, u.username
 # --- the levels -------------------------------------------------------------------------
 
 
-def _floor_connection(url: URL) -> psycopg.Connection[Any]:
+def _floor_connection(
+    url: URL, *, custom_plans: bool = False, flush_wait: bool = True
+) -> psycopg.Connection[Any]:
     # Set up as chatdb's own connections are (see chatdb.db.make_engine).
-    conn = psycopg.connect(
-        psycopg_conninfo(url), autocommit=True, options="-c max_parallel_workers_per_gather=0"
-    )
+    options = "-c max_parallel_workers_per_gather=0"
+    if custom_plans:
+        options += " -c plan_cache_mode=force_custom_plan"
+    if not flush_wait:
+        options += " -c synchronous_commit=off"
+    conn = psycopg.connect(psycopg_conninfo(url), autocommit=True, options=options)
     conn.execute("SET TIME ZONE 'UTC'")
     return conn
 
@@ -329,12 +338,16 @@ def _floor_connection(url: URL) -> psycopg.Connection[Any]:
 class FloorConnections:
     """The floor's connections for one concurrent measurement, closed together."""
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, *, custom_plans: bool = False, flush_wait: bool = True) -> None:
         self.url = url
+        self.custom_plans = custom_plans
+        self.flush_wait = flush_wait
         self.open: list[psycopg.Connection[Any]] = []
 
     def connect(self) -> psycopg.Connection[Any]:
-        conn = _floor_connection(self.url)
+        conn = _floor_connection(
+            self.url, custom_plans=self.custom_plans, flush_wait=self.flush_wait
+        )
         self.open.append(conn)
         return conn
 
@@ -437,6 +450,7 @@ def run(
     with_http: bool,
     progress: Progress,
     settings: Settings | None = None,
+    http_workers: int = 1,
 ) -> Result:
     budgets = Budgets.make(quick)
     url = dataset.url
@@ -459,6 +473,7 @@ def run(
                 k: {"user_id": u, "conversations": n} for k, (u, n) in targets.inbox_users.items()
             },
             "senders": len(targets.senders),
+            "http_workers": http_workers if with_http else None,
         },
         machine=machine_info(url),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -470,16 +485,18 @@ def run(
     auth = _sign_in(engine, sorted(users)) if with_http else {u: {} for u in users}
     ops = read_ops(targets, auth, admin)
     floor = _floor_connection(url)
+    floor_custom = _floor_connection(url, custom_plans=True)
     try:
         for op in ops:
             progress(f"reads: {op.label}")
             sql, params = compile_sql(op.statement, dialect)
             slow = _is_slow(op.name, quick)
             budget = budgets.slow if slow else budgets.read
-            floor_stats = time_calls(floor_call(floor, sql, params), budget)
+            bare = floor_custom if op.custom_plans else floor
+            floor_stats = time_calls(floor_call(bare, sql, params), budget)
             store_stats = time_calls(store_call(engine, op.call), budget)
-            round_trips = time_calls(floor_with_round_trips(floor, sql, params), budget)
-            connections = FloorConnections(url)
+            round_trips = time_calls(floor_with_round_trips(bare, sql, params), budget)
+            connections = FloorConnections(url, custom_plans=op.custom_plans)
             try:
                 floor_parallel = time_concurrent(
                     connections.caller(sql, params),
@@ -503,8 +520,20 @@ def run(
         _sends(result, engine, url, targets, budgets, progress)
     finally:
         floor.close()
+        floor_custom.close()
     if with_http:
-        _http(result, url, ops, targets, auth, admin_key, budgets, progress, quick=quick)
+        _http(
+            result,
+            url,
+            ops,
+            targets,
+            auth,
+            admin_key,
+            budgets,
+            progress,
+            quick=quick,
+            workers=http_workers,
+        )
     engine.dispose()
     result.checks = _checks(result)
     return result
@@ -580,24 +609,6 @@ def _sends(
     }
     for workers in (1, THREADS):
         progress(f"sends: {workers} sender(s)")
-        connections = FloorConnections(url)
-
-        def floor_sender(i: int, connections: FloorConnections = connections) -> Callable[[], None]:
-            conversation_id, sender_id = t.senders[i]
-            conn = connections.connect()
-            params = {
-                "conversation_id": conversation_id,
-                "sender_id": sender_id,
-                "body": SEND_BODY,
-                "idempotency_key": None,
-                "reply_to_seq": None,
-            }
-
-            def call() -> None:
-                with conn.transaction():
-                    conn.execute(sql, params, prepare=True).fetchall()
-
-            return call
 
         def store_sender(i: int) -> Callable[[], object]:
             conversation_id, sender_id = t.senders[i]
@@ -611,19 +622,50 @@ def _sends(
                 ),
             )
 
-        try:
-            entry["floor"][str(workers)] = _stats(
-                time_concurrent(floor_sender, workers, budgets.send)
-            )
-        finally:
-            connections.close()
+        entry["floor"][str(workers)] = _floor_sends(url, t, sql, workers, budgets)
         entry["data_layer"][str(workers)] = _stats(
             time_concurrent(store_sender, workers, budgets.send)
         )
+    # The same floor without waiting for the WAL flush at commit (not durable):
+    # what the machine's CPU allows, so a throughput target above it is shown
+    # to be out of reach, whatever the disk.
+    progress(f"sends: {THREADS} senders, floor without waiting for the flush")
+    entry["floor_without_flush_wait"] = {
+        str(THREADS): _floor_sends(url, t, sql, THREADS, budgets, flush_wait=False)
+    }
     entry["data_layer_without_search_index"] = _sends_without_search_index(
         url, t, budgets, progress, store_sender_for=lambda i: store_sender(i)
     )
     result.writes["send"] = entry
+
+
+def _floor_sends(
+    url: URL, t: Targets, sql: str, workers: int, budgets: Budgets, *, flush_wait: bool = True
+) -> dict[str, Any]:
+    """Sends through bare psycopg, each worker to a conversation of its own."""
+    connections = FloorConnections(url, flush_wait=flush_wait)
+
+    def sender(i: int) -> Callable[[], None]:
+        conversation_id, sender_id = t.senders[i]
+        conn = connections.connect()
+        params = {
+            "conversation_id": conversation_id,
+            "sender_id": sender_id,
+            "body": SEND_BODY,
+            "idempotency_key": None,
+            "reply_to_seq": None,
+        }
+
+        def call() -> None:
+            with conn.transaction():
+                conn.execute(sql, params, prepare=True).fetchall()
+
+        return call
+
+    try:
+        return _stats(time_concurrent(sender, workers, budgets.send))
+    finally:
+        connections.close()
 
 
 def _sends_without_search_index(
@@ -665,8 +707,9 @@ def _http(
     progress: Progress,
     *,
     quick: bool,
+    workers: int,
 ) -> None:
-    with http.serve(url, admin_key) as base:
+    with http.serve(url, admin_key, workers=workers) as base:
         for op in ops:
             if op.http is None:
                 continue

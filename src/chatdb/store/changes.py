@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from chatdb import models
 from chatdb.store._validate import page_limit, positive_id, seq_value
 from chatdb.store.conversations import _require_member
-from chatdb.store.messages import _message, _select_messages
+from chatdb.store.messages import _messages, _select_messages
 from chatdb.store.types import AnyRow, Message
 
 CH = models.Change
@@ -62,8 +62,8 @@ def _with_messages(session: Session, rows: Iterable[AnyRow]) -> list[Change]:
         found = session.execute(
             _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys))),
             {"viewer": None},
-        )
-        messages = {(m.conversation_id, m.seq): _message(m) for m in found}
+        ).all()
+        messages = {(m.conversation_id, m.seq): m for m in _messages(found)}
     return [
         Change(
             id=r.id,

@@ -6,8 +6,12 @@ therefore commit one after another, so seqs are gapless and in commit order:
 a reader that has seen seq N and asks for "after N" never misses a message.
 """
 
+import inspect
 import re
+from collections.abc import Sequence
+from datetime import datetime
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +21,7 @@ from sqlalchemy import (
     Integer,
     Join,
     bindparam,
+    column,
     delete,
     exists,
     false,
@@ -29,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ColumnClause
 
 from chatdb import models
 from chatdb.errors import Conflict, Forbidden, Invalid, NotFound
@@ -164,38 +170,75 @@ _MESSAGE_COLUMNS = (
 )
 
 
+def _messages(rows: Sequence[AnyRow]) -> list[Message]:
+    """Messages from rows with the _MESSAGE_FIELDS columns, in any order and
+    among others. The positions are looked up once per result: reading a Row
+    by attribute name costs about 0.2 µs a column, 20 times its tuple, and a
+    page of 50 messages read that way spent 0.15 ms on it."""
+    if not rows:
+        return []
+    fields = rows[0]._fields
+    pick = itemgetter(*(fields.index(name) for name in _MESSAGE_FIELDS))
+    return [_message_from(*pick(tuple(row))) for row in rows]
+
+
 def _message(row: AnyRow) -> Message:
+    return _messages([row])[0]
+
+
+def _message_from(
+    conversation_id: int,
+    seq: int,
+    sender_id: int | None,
+    sender_username: str | None,
+    sender_display_name: str | None,
+    body: str,
+    created_at: datetime,
+    edited_at: datetime | None,
+    deleted_at: datetime | None,
+    reply_to_seq: int | None,
+    reply_count: int,
+    reply_to_sender_id: int | None,
+    reply_to_sender_name: str | None,
+    reply_to_body: str | None,
+    reply_to_deleted_at: datetime | None,
+    reactions: list[dict[str, Any]] | None,
+) -> Message:
     quote = None
-    if row.reply_to_seq is not None:
-        deleted = row.reply_to_deleted_at is not None
+    if reply_to_seq is not None:
+        deleted = reply_to_deleted_at is not None
         quote = Quote(
-            seq=row.reply_to_seq,
-            sender_id=row.reply_to_sender_id,
+            seq=reply_to_seq,
+            sender_id=reply_to_sender_id,
             sender_name=(
                 "(deleted user)"
-                if row.reply_to_sender_id is None
-                else row.reply_to_sender_name or f"user {row.reply_to_sender_id}"
+                if reply_to_sender_id is None
+                else reply_to_sender_name or f"user {reply_to_sender_id}"
             ),
-            body=None if deleted else row.reply_to_body,
+            body=None if deleted else reply_to_body,
             deleted=deleted,
         )
     return Message(
-        conversation_id=row.conversation_id,
-        seq=row.seq,
-        sender_id=row.sender_id,
-        sender_username=row.sender_username,
-        sender_display_name=row.sender_display_name,
-        body=None if row.deleted_at is not None else row.body,
-        created_at=row.created_at,
-        edited_at=row.edited_at,
-        deleted_at=row.deleted_at,
-        reply_to_seq=row.reply_to_seq,
+        conversation_id=conversation_id,
+        seq=seq,
+        sender_id=sender_id,
+        sender_username=sender_username,
+        sender_display_name=sender_display_name,
+        body=None if deleted_at is not None else body,
+        created_at=created_at,
+        edited_at=edited_at,
+        deleted_at=deleted_at,
+        reply_to_seq=reply_to_seq,
         reply_to=quote,
-        reply_count=row.reply_count,
-        reactions=tuple(
-            Reaction(emoji=r["emoji"], count=r["count"], me=r["me"]) for r in row.reactions or ()
-        ),
+        reply_count=reply_count,
+        reactions=tuple(Reaction(emoji=r["emoji"], count=r["count"], me=r["me"]) for r in reactions)
+        if reactions
+        else (),
     )
+
+
+# The columns a message is built from: _message_from's parameters, in order.
+_MESSAGE_FIELDS = tuple(inspect.signature(_message_from).parameters)
 
 
 @lru_cache(maxsize=1)
@@ -246,7 +289,9 @@ WITH counter AS (
     SELECT :conversation_id, last_change_seq, 'message.created', last_seq, :sender_id
       FROM counter
 ){mentions}
-SELECT i.*, u.username AS sender_username, u.display_name AS sender_display_name,
+SELECT i.conversation_id, i.seq, i.sender_id,
+       u.username AS sender_username, u.display_name AS sender_display_name,
+       i.body, i.created_at, i.edited_at, i.deleted_at, i.reply_to_seq, i.reply_count,
        p.sender_id AS reply_to_sender_id,
        coalesce(pu.display_name, pu.username) AS reply_to_sender_name,
        left(p.body, {quote_max}) AS reply_to_body, p.deleted_at AS reply_to_deleted_at,
@@ -271,8 +316,14 @@ _MENTIONS_SQL = """, mentioned AS (
      WHERE conversation_id = :conversation_id AND user_id IN (SELECT user_id FROM mentioned)
 )"""
 
-SEND_SQL = text(_SEND_SQL.format(mentions="", quote_max=QUOTE_MAX))
-SEND_WITH_MENTIONS_SQL = text(_SEND_SQL.format(mentions=_MENTIONS_SQL, quote_max=QUOTE_MAX))
+# The result's columns named up front (in _MESSAGE_FIELDS' order): SQLAlchemy
+# then keeps the result's description with the compiled statement instead of
+# building it from the cursor on every send.
+_SEND_COLUMNS: list[ColumnClause[Any]] = [column(name) for name in _MESSAGE_FIELDS]
+SEND_SQL = text(_SEND_SQL.format(mentions="", quote_max=QUOTE_MAX)).columns(*_SEND_COLUMNS)
+SEND_WITH_MENTIONS_SQL = text(
+    _SEND_SQL.format(mentions=_MENTIONS_SQL, quote_max=QUOTE_MAX)
+).columns(*_SEND_COLUMNS)
 
 
 def send_message(
@@ -360,6 +411,18 @@ def _lock_original(session: Session, conversation_id: int, seq: int) -> bool:
     return row.deleted_at is not None
 
 
+_conversations = models.Conversation.__table__.c
+# Core, built once: the ORM path cost more than the statement.
+_LOCK_FOR_SEND = (
+    select(_conversations.id)
+    .where(
+        _conversations.id == bindparam("conversation_id", type_=BigInteger),
+        _conversations.deleted_at.is_(None),
+    )
+    .with_for_update(key_share=True)
+)
+
+
 def _lock_for_send(session: Session, conversation_id: int) -> None:
     """Lock the conversation row (FOR NO KEY UPDATE: SQLAlchemy's key_share=True)
     before the send statement runs.
@@ -374,11 +437,7 @@ def _lock_for_send(session: Session, conversation_id: int) -> None:
     earlier: concurrent sends to a conversation queue for the row as they did
     anyway, and sends to other conversations never meet it.
     """
-    locked = session.execute(
-        select(models.Conversation.id)
-        .where(models.Conversation.id == conversation_id, models.Conversation.deleted_at.is_(None))
-        .with_for_update(key_share=True)
-    ).first()
+    locked = session.execute(_LOCK_FOR_SEND, {"conversation_id": conversation_id}).first()
     if locked is None:
         raise NotFound(f"no conversation with id {conversation_id}")
 
@@ -461,11 +520,11 @@ def list_messages(
     found = [r for r in rows if r.seq is not None]
     if after is not None:
         has_newer = len(found) > limit
-        messages = [_message(r) for r in found[:limit]]
+        messages = _messages(found[:limit])
         has_older = after > 0
     else:
         has_older = len(found) > limit
-        messages = [_message(r) for r in reversed(found[:limit])]
+        messages = _messages(found[:limit][::-1])
         has_newer = before is not None and last_seq > (messages[-1].seq if messages else before - 1)
     return MessagePage(messages=messages, has_older=has_older, has_newer=has_newer)
 
@@ -771,9 +830,7 @@ def list_replies(
         .limit(limit + 1),
         {"viewer": actor_id},
     ).all()
-    return ThreadPage(
-        parent=parent, replies=[_message(r) for r in rows[:limit]], has_more=len(rows) > limit
-    )
+    return ThreadPage(parent=parent, replies=_messages(rows[:limit]), has_more=len(rows) > limit)
 
 
 def add_reaction(
