@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import pytest
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import OperationalError
 
-from chatdb.db import psycopg_conninfo
+from chatdb.db import connection_lost, psycopg_conninfo
 from tests.api_support import Api
 from tests.test_events import WAIT
 
@@ -58,29 +60,35 @@ def connection_killed_at(
         event.remove(engine, name, hook)
 
 
+def _observe(engine: Engine, query: str, conversation_id: int) -> list[tuple[Any, ...]]:
+    """Read through a connection of its own: the pool is what is under test,
+    and an observer that took a connection from it could meet the one the
+    test killed."""
+    with psycopg.connect(psycopg_conninfo(engine.url)) as connection:
+        return connection.execute(query, {"c": conversation_id}).fetchall()
+
+
 def _messages(engine: Engine, conversation_id: int) -> list[tuple[int, str]]:
-    with engine.connect() as connection:
-        return [
-            (r.seq, r.body)
-            for r in connection.execute(
-                text("SELECT seq, body FROM messages WHERE conversation_id = :c ORDER BY seq"),
-                {"c": conversation_id},
-            )
-        ]
+    return [
+        (seq, body)
+        for seq, body in _observe(
+            engine,
+            "SELECT seq, body FROM messages WHERE conversation_id = %(c)s ORDER BY seq",
+            conversation_id,
+        )
+    ]
 
 
 def _counters(engine: Engine, conversation_id: int) -> tuple[int, int, int]:
     """last_seq, last_change_seq and the number of logged changes."""
-    with engine.connect() as connection:
-        row = connection.execute(
-            text(
-                "SELECT last_seq, last_change_seq, "
-                "(SELECT count(*) FROM changes WHERE conversation_id = :c) AS logged "
-                "FROM conversations WHERE id = :c"
-            ),
-            {"c": conversation_id},
-        ).one()
-    return row.last_seq, row.last_change_seq, row.logged
+    [(last_seq, last_change_seq, logged)] = _observe(
+        engine,
+        "SELECT last_seq, last_change_seq, "
+        "(SELECT count(*) FROM changes WHERE conversation_id = %(c)s) "
+        "FROM conversations WHERE id = %(c)s",
+        conversation_id,
+    )
+    return last_seq, last_change_seq, logged
 
 
 SEND = "INSERT INTO messages"
@@ -197,3 +205,20 @@ def test_an_edit_that_loses_its_connection_changes_nothing(api: Api, fresh_engin
     )
     assert again.status_code == 200, again.text
     assert _messages(fresh_engine, conversation) == [(1, "edited")]
+
+
+def test_a_connection_left_mid_command_is_dropped_not_pooled(fresh_engine: Engine) -> None:
+    """A backend the server ended can leave libpq waiting for a command's
+    results with the connection still "OK"; every statement on it then fails.
+    Its first error must count as a lost connection, so the pool drops it and
+    a retry runs on another."""
+    with fresh_engine.connect() as connection:
+        raw = connection.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection)
+        raw.pgconn.send_query(b"SELECT 1")  # a command whose results nobody reads
+        with pytest.raises(OperationalError) as caught:
+            connection.execute(text("SELECT 2"))
+    assert caught.value.connection_invalidated
+    assert connection_lost(caught.value)
+    with fresh_engine.connect() as connection:
+        assert connection.execute(text("SELECT 3")).scalar() == 3

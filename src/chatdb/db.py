@@ -16,8 +16,8 @@ from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -177,7 +177,7 @@ def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = 
     if settings.statement_timeout_ms:
         options.append(f"-c statement_timeout={settings.statement_timeout_ms}")
     connect_args["options"] = " ".join(options)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_max_overflow,
@@ -186,6 +186,43 @@ def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = 
         echo=settings.echo_sql,
         connect_args=connect_args,
     )
+    event.listen(engine, "handle_error", _unusable_connection_is_lost)
+    return engine
+
+
+# The server ends a session with these: administrator command, crash, startup.
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _unusable_connection_is_lost(context: ExceptionContext) -> None:
+    """Count an error that leaves the connection unusable as a lost one.
+
+    SQLAlchemy asks psycopg whether the connection is closed or broken, and
+    psycopg says so only once libpq has seen the socket close. A backend the
+    server ended can leave libpq mid-command instead (every statement then
+    fails with "another command is already in progress"); taken for a live
+    connection, it was handed on to the next transaction. As a lost one, the
+    pool drops it and retry_if_connection_lost may run the work again."""
+    if context.is_disconnect:
+        return
+    error = context.original_exception
+    if not isinstance(error, psycopg.OperationalError):
+        return
+    if getattr(error, "sqlstate", None) in _SESSION_ENDED:
+        context.is_disconnect = True
+        return
+    connection = context.connection
+    if connection is None or connection.invalidated:
+        return
+    raw = connection.connection.dbapi_connection
+    if isinstance(raw, psycopg.Connection):
+        status = raw.pgconn.transaction_status
+        # ACTIVE after an error: libpq still waits for a command's results.
+        if raw.broken or status in (
+            psycopg.pq.TransactionStatus.ACTIVE,
+            psycopg.pq.TransactionStatus.UNKNOWN,
+        ):
+            context.is_disconnect = True
 
 
 @lru_cache(maxsize=1)
