@@ -85,6 +85,10 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
                 assert_stats(stats, concurrency=int(clients))
         assert entry["http_vs_floor"]["throughput_share"] > 0
 
+    assert set(report["http_no_database"]) == {"1", "8", "32"}
+    for clients, stats in report["http_no_database"].items():
+        assert_stats(stats, concurrency=int(clients))
+
     send = report["writes"]["send"]
     assert set(send["floor"]) == set(send["data_layer"]) == {"1", "8"}
     assert set(send["data_layer_without_search_index"]) == {"1", "8"}
@@ -123,3 +127,4 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     assert all(entry["http"] == {} for entry in second["reads"].values())
     assert second["writes"]["send"]["http"] == {}
     assert second["targets"]["http_workers"] is None
+    assert second["http_no_database"] == {}

@@ -59,6 +59,19 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
             table.add_column(f"{c} client{'s' if c > 1 else ''}", justify="right")
         table.add_column("floor req/s (8 threads)", justify="right")
         table.add_column("HTTP / floor req/s", justify="right")
+        bare = report.get("http_no_database") or {}
+        if bare:
+            table.add_row(
+                "no database work (GET /healthz)",
+                *(
+                    f"{_ms(h['p50_ms'])} / {_ms(h['p99_ms'])}  {h['throughput']:,.0f}/s"
+                    if h
+                    else ""
+                    for h in (bare.get(str(c)) for c in clients)
+                ),
+                "",
+                "",
+            )
         for entry in report["reads"].values():
             cells = []
             for c in clients:

@@ -404,6 +404,8 @@ class Result:
     reads: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # GET /healthz by concurrent clients: the web stack with no database work.
+    http_no_database: dict[str, dict[str, Any]] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -418,6 +420,7 @@ class Result:
             "reads": self.reads,
             "writes": self.writes,
             "comparisons": self.comparisons,
+            "http_no_database": self.http_no_database,
             "checks": self.checks,
         }
 
@@ -710,6 +713,14 @@ def _http(
     workers: int,
 ) -> None:
     with http.serve(url, admin_key, workers=workers) as base:
+        # The same server and load generator on a route that does no database
+        # work: the most requests/s, and the least latency, any route can have
+        # on this machine.
+        health = http.HttpCall("GET", "/healthz", {})
+        for clients in HTTP_CLIENTS:
+            progress(f"HTTP: no database (GET /healthz), {clients} client(s)")
+            stats, _ = http.load(base, [health], clients, budgets.http)
+            result.http_no_database[str(clients)] = _stats(stats)
         for op in ops:
             if op.http is None:
                 continue
