@@ -212,7 +212,7 @@ def _unusable_connection_is_lost(context: ExceptionContext) -> None:
         context.is_disconnect = True
         return
     connection = context.connection
-    if connection is None or connection.invalidated:
+    if connection is None or connection.invalidated or connection.closed:
         return
     raw = connection.connection.dbapi_connection
     if isinstance(raw, psycopg.Connection):
