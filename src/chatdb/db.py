@@ -190,8 +190,9 @@ def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = 
     return engine
 
 
-# The server ends a session with these: administrator command, crash, startup.
-_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+# The server ended the session: administrator command, crash, startup,
+# database dropped, idle-session timeout.
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
 
 
 def _unusable_connection_is_lost(context: ExceptionContext) -> None:
@@ -206,9 +207,10 @@ def _unusable_connection_is_lost(context: ExceptionContext) -> None:
     if context.is_disconnect:
         return
     error = context.original_exception
-    if not isinstance(error, psycopg.OperationalError):
+    if not isinstance(error, psycopg.Error):
         return
     if getattr(error, "sqlstate", None) in _SESSION_ENDED:
+        # As for any disconnect, the pool's other connections may be dead too.
         context.is_disconnect = True
         return
     connection = context.connection
@@ -223,6 +225,9 @@ def _unusable_connection_is_lost(context: ExceptionContext) -> None:
             psycopg.pq.TransactionStatus.UNKNOWN,
         ):
             context.is_disconnect = True
+            # This connection's state, not news about the server: the pool's
+            # other connections stay.
+            context.invalidate_pool_on_disconnect = False
 
 
 @lru_cache(maxsize=1)
