@@ -99,7 +99,11 @@ def _final_checks(
     events = listener.wait_for(len(changes))
     got = [(e.id, e.conversation_id, e.change_seq) for e in events]
     assert len(got) == len(set(got)), "a change was delivered twice"
-    assert got == changes, "the stream missed or reordered changes"
+    missing = sorted(set(changes) - set(got))
+    assert got == changes, (
+        f"the stream missed or reordered changes: missing {missing[:10]}, "
+        f"{listener.connections} stream connections, errors {dict(listener.errors)}"
+    )
     replays = sum(a.replayed for a in acks.values())
     return len(acks), statuses, replays
 
