@@ -716,6 +716,41 @@ def test_a_writer_that_starts_after_the_readers_snapshot_is_not_skipped(
     assert [e.body for e in events] == ["first", "second"]
 
 
+def test_a_writer_whose_transaction_id_is_newer_than_every_finished_one_is_not_skipped(
+    fresh_engine: Engine, web: Api, listen: Callable[..., Listener]
+) -> None:
+    """The writer of the missing id took its transaction id after the writer
+    of the next id took its own, but drew its change id first. When the reader
+    sees the gap, no transaction with an id as new as the missing writer's has
+    ended, so the snapshot's xmax (one past the newest finished id) is not
+    above it. Once a newer transaction ends, the oldest running id (xmin) is
+    the missing writer's own, not below that xmax: judged by xmax, the gap
+    would be skipped while its writer still runs, and its change never sent."""
+    alice, bob = web.account("alice"), web.account("bob")
+    slow, fast = web.group(alice, bob, title="slow"), web.group(alice, bob, title="fast")
+    stream = listen(bob)
+    web.send(alice, fast, "ready")
+    before = len(stream.wait_body("ready"))
+
+    with (
+        open_session(fresh_engine) as pending,
+        open_session(fresh_engine) as quick,
+        open_session(fresh_engine) as newer,
+    ):
+        quick.execute(text("SELECT pg_current_xact_id()"))  # the older transaction id
+        store.send_message(session=pending, conversation_id=slow, sender_id=alice.id, body="first")
+        store.send_message(session=quick, conversation_id=fast, sender_id=alice.id, body="second")
+        quick.commit()
+        assert stream.quiet() == []  # the reader has seen the gap, and waits
+        newer.execute(text("SELECT pg_current_xact_id()"))  # newer than `pending`'s
+        newer.commit()
+        assert stream.quiet() == []  # still waits: `pending` runs
+        pending.commit()
+
+    events = stream.wait_count(before + 2)[before:]
+    assert [e.body for e in events] == ["first", "second"]
+
+
 # --- refusals ------------------------------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ from chatdb.store.changes import (
     changes_since,
     latest_change_id,
     memberships,
-    stream_snapshot,
+    oldest_running_xid,
+    xid_bound,
 )
 from chatdb.store.conversations import (
     add_member,
@@ -120,6 +121,7 @@ __all__ = [
     "mark_read",
     "member_role",
     "memberships",
+    "oldest_running_xid",
     "overview",
     "page_statement",
     "purge_conversations_batch",
@@ -137,8 +139,8 @@ __all__ = [
     "set_member_role",
     "set_password",
     "sign_in",
-    "stream_snapshot",
     "unread_count",
     "update_user",
     "user_for_token",
+    "xid_bound",
 ]

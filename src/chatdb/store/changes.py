@@ -121,22 +121,35 @@ def changes_since(
 # --- for the live-update stream ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class StreamSnapshot:
-    """PostgreSQL's view of in-flight transactions when changes were read."""
+def oldest_running_xid(*, session: Session) -> int:
+    """The oldest transaction id still running (the snapshot's xmin): every
+    transaction with a lower id has ended. Under REPEATABLE READ, as of the
+    transaction's snapshot."""
+    xmin: int = session.execute(
+        text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+    ).scalar_one()
+    return xmin
 
-    xmin: int  # every transaction with a lower xid has ended
-    xmax: int  # every xid assigned so far is lower than this
 
+def xid_bound(*, session: Session) -> int:
+    """A transaction id above every id handed out before this call: this
+    transaction's own, taken now. Once oldest_running_xid() reaches it (in a
+    later transaction), every transaction that had an id before the call has
+    ended.
 
-def stream_snapshot(*, session: Session) -> StreamSnapshot:
+    A snapshot's xmax is no such bound. It is one past the newest *completed*
+    id, so a transaction that took a later id and is still running lies at or
+    above it, and the snapshot's xmin does not count it either. The own id
+    makes this transaction's commit write a record; it does not wait for that
+    record's flush (it wrote nothing else)."""
     row = session.execute(
         text(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, "
-            "pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax"
+            "SELECT set_config('synchronous_commit', 'off', true), "
+            "pg_current_xact_id()::text::bigint"
         )
     ).one()
-    return StreamSnapshot(xmin=row.xmin, xmax=row.xmax)
+    bound: int = row[1]
+    return bound
 
 
 def latest_change_id(*, session: Session) -> int:
