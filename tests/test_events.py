@@ -751,6 +751,18 @@ def test_a_writer_whose_transaction_id_is_newer_than_every_finished_one_is_not_s
     assert [e.body for e in events] == ["first", "second"]
 
 
+def test_change_ids_are_drawn_in_order(session: Session) -> None:
+    """The gap rule assumes a lower id was drawn earlier: a sequence cache would
+    let each connection hand out ids from a block of its own."""
+    cache = session.execute(
+        text(
+            "SELECT seqcache FROM pg_sequence "
+            "WHERE seqrelid = pg_get_serial_sequence('changes', 'id')::regclass"
+        )
+    ).scalar_one()
+    assert cache == 1
+
+
 # --- refusals ------------------------------------------------------------------------------
 
 

@@ -7,17 +7,18 @@ Stream positions are the global `changes.id`. Ids are drawn before commit, so
 they can become visible out of order: id 7 may commit after id 8, or never
 (rolled back). The reader therefore delivers ids strictly in order and stops
 at the first gap. A gap is skipped only once PostgreSQL proves that the
-transaction that took the id has ended without committing it: every writer
+transaction that took the id has ended without committing it. Every writer
 locks its conversation row (which gives it a transaction id) before drawing a
-change id, and the reader that first sees the gap takes a transaction id of
-its own (store.xid_bound), above every id handed out so far, the missing
-writer's included; once the oldest running transaction id (xmin) reaches that
-bound, the writer is gone. (A snapshot's xmax is not such a bound: it is one
-past the newest completed id, and a writer that took a later id and still
-runs is above it. Using it skipped a running writer's change, about once per
-200 restarts in tests/test_faults.py.) So a position N means "every change up
-to N has been delivered", and a client resuming from N misses nothing and
-gets nothing twice.
+change id, and ids come in drawing order (the identity keeps CACHE 1). The
+reader that first sees the gap takes a transaction id of its own
+(store.xid_bound), above every id handed out so far, the missing writer's
+included; once the oldest running transaction id (xmin) reaches that bound,
+the writer is gone. (A snapshot's xmax is not such a bound: it is one past the
+newest finished id, and a writer that took a later id and still runs is above
+it. Judging by it skipped a running writer's change, about once per 200
+restarts in tests/test_faults.py.) So a position N means "every change up to N
+has been delivered", and a client resuming from N misses nothing and gets
+nothing twice.
 """
 
 from __future__ import annotations
@@ -201,11 +202,10 @@ class ChangeHub:
         self, watermark: int, gap: _Gap | None, users: set[int]
     ) -> tuple[list[Change], int, _Gap | None, set[tuple[int, int]], bool]:
         with session_factory(self.engine).begin() as session:
-            # One snapshot for the whole read: the changes we see and the xmin/xmax
-            # we judge gaps by must be the same. Under READ COMMITTED each statement
-            # has its own, and a writer that got its xid between them could draw
-            # the missing id with an xid above the recorded xmax and be skipped
-            # while still running (tests/test_events.py reproduces that).
+            # One snapshot for the whole read: a skipped gap's writers ended
+            # before it (xmin), so the changes read in it include any they
+            # committed. (Rows read in a later snapshot would too; one is simpler
+            # to reason about.)
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             oldest_running = store.oldest_running_xid(session=session)
             rows = store.changes_after(session=session, after_id=watermark, limit=BATCH)

@@ -139,16 +139,13 @@ def xid_bound(*, session: Session) -> int:
 
     A snapshot's xmax is no such bound. It is one past the newest *completed*
     id, so a transaction that took a later id and is still running lies at or
-    above it, and the snapshot's xmin does not count it either. The own id
-    makes this transaction's commit write a record; it does not wait for that
-    record's flush (it wrote nothing else)."""
-    row = session.execute(
-        text(
-            "SELECT set_config('synchronous_commit', 'off', true), "
-            "pg_current_xact_id()::text::bigint"
-        )
-    ).one()
-    bound: int = row[1]
+    above it, and the snapshot's xmin does not count it either.
+
+    The id makes this transaction's commit write a record, and the commit waits
+    for its flush like any other: after a crash PostgreSQL then hands out ids
+    above the bound, where a lost bound would leave the reader waiting for
+    new ids to catch up with it."""
+    bound: int = session.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one()
     return bound
 
 
