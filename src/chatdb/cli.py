@@ -116,6 +116,8 @@ def unit_of_work() -> Iterator[Session]:
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple (store.Message)
+        return {k: _jsonable(v) for k, v in value._asdict().items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
