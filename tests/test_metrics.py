@@ -159,10 +159,25 @@ def one_connection_api(fresh_database: URL) -> Iterator[tuple[Api, Engine]]:
     engine.dispose()
 
 
+def scrape_until(
+    api: Api, name: str, value: float
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape until the gauge `name` reads `value`, or give up after a while (a
+    bounded poll, not a timing claim). A request's connection goes back to the
+    pool as its last step, which may finish just after the client has its
+    response; a leak keeps it in use for good and still fails."""
+    for _ in range(200):
+        samples = scrape(api)
+        if samples[(name, ())] == value:
+            break
+        time.sleep(0.02)
+    return samples
+
+
 def test_pool_in_use_idle_and_waiting(one_connection_api: tuple[Api, Engine]) -> None:
     api, engine = one_connection_api
     alice = api.account("alice")
-    samples = scrape(api)
+    samples = scrape_until(api, "chatdb_db_pool_in_use", 0)
     assert samples[("chatdb_db_pool_size", ())] == 1
     assert samples[("chatdb_db_pool_in_use", ())] == 0
     assert samples[("chatdb_db_pool_idle", ())] == 1
@@ -175,12 +190,7 @@ def test_pool_in_use_idle_and_waiting(one_connection_api: tuple[Api, Engine]) ->
     )
     waiter.start()
     try:
-        # Wait (a bounded poll, not a timing claim) for the request to queue up.
-        for _ in range(200):
-            samples = scrape(api)
-            if samples[("chatdb_db_pool_waiting", ())] == 1:
-                break
-            time.sleep(0.02)
+        samples = scrape_until(api, "chatdb_db_pool_waiting", 1)
         assert samples[("chatdb_db_pool_waiting", ())] == 1
         assert samples[("chatdb_db_pool_in_use", ())] == 1
         assert samples[("chatdb_db_pool_idle", ())] == 0
@@ -188,14 +198,7 @@ def test_pool_in_use_idle_and_waiting(one_connection_api: tuple[Api, Engine]) ->
         held.close()
         waiter.join()
     assert statuses == [200]
-    # The connection goes back to the pool as the request's last step, which may
-    # finish just after the client has its response: poll (bounded) for it. A
-    # leak keeps it in use for good and still fails.
-    for _ in range(200):
-        samples = scrape(api)
-        if samples[("chatdb_db_pool_in_use", ())] == 0:
-            break
-        time.sleep(0.02)
+    samples = scrape_until(api, "chatdb_db_pool_in_use", 0)
     assert samples[("chatdb_db_pool_waiting", ())] == 0
     assert samples[("chatdb_db_pool_in_use", ())] == 0
 
