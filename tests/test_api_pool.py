@@ -17,7 +17,14 @@ from tests.api_support import PASSWORD, Api, api_settings
 
 @pytest.fixture
 def small_pool_api(fresh_database: URL) -> Iterator[tuple[Api, Engine]]:
-    settings = api_settings(pool_size=1, pool_max_overflow=0, pool_timeout_seconds=0.3)
+    # The live-update hub reads the change log through the pool on every poll:
+    # poll rarely, so it does not take the one connection from under the test.
+    settings = api_settings(
+        sse_poll_seconds=3600,
+        pool_size=1,
+        pool_max_overflow=0,
+        pool_timeout_seconds=0.3,
+    )
     engine = make_engine(fresh_database, settings)
     with TestClient(create_app(engine, settings), raise_server_exceptions=False) as client:
         yield Api(client), engine

@@ -152,7 +152,14 @@ def test_a_signed_in_page_request_is_four_round_trips_on_the_wire(
 
 @pytest.fixture
 def one_connection_api(fresh_database: URL) -> Iterator[tuple[Api, Engine]]:
-    settings = api_settings(pool_size=1, pool_max_overflow=0, pool_timeout_seconds=10)
+    # The live-update hub reads the change log through the pool on every poll:
+    # poll rarely, so it does not take the one connection from under the test.
+    settings = api_settings(
+        sse_poll_seconds=3600,
+        pool_size=1,
+        pool_max_overflow=0,
+        pool_timeout_seconds=10,
+    )
     engine = make_engine(fresh_database, settings)
     with TestClient(create_app(engine, settings), raise_server_exceptions=False) as client:
         yield Api(client), engine
