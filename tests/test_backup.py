@@ -177,7 +177,11 @@ def test_tools_match_the_servers_major_version(fresh_engine: Engine) -> None:
 
 
 def test_purge_from_the_command_line(fresh_database: URL) -> None:
-    env = base_env(CHATDB_DATABASE_URL=as_env_url(fresh_database), CHATDB_RETENTION_DAYS="7")
+    env = base_env(
+        CHATDB_DATABASE_URL=as_env_url(fresh_database),
+        CHATDB_RETENTION_DAYS="7",
+        CHATDB_CHANGE_RETENTION_DAYS="3",
+    )
     ok("user", "create", "alice", "alice@example.org", env=env)
     ok("user", "create", "bob", "bob@example.org", env=env)
     for _ in range(2):
@@ -191,15 +195,27 @@ def test_purge_from_the_command_line(fresh_database: URL) -> None:
         connection.execute(
             text("UPDATE conversations SET deleted_at = now() - interval '8 days' WHERE id = 1")
         )
-    engine.dispose()
+        # Every change but the newest two is past the change log's window.
+        changes = connection.execute(text("SELECT count(*) FROM changes")).scalar_one()
+        connection.execute(
+            text(
+                "UPDATE changes SET created_at = now() - interval '4 days' "
+                "WHERE id <= (SELECT max(id) - 2 FROM changes)"
+            )
+        )
     listed = json.loads(ok("conversation", "deleted", "--json", env=env))
     assert [c["id"] for c in listed] == [1, 2]
 
     due = json.loads(ok("purge", "--dry-run", "--json", env=env))
     assert (due["conversations"], due["conversation_messages"]) == (1, 2)
+    assert due["changes"] == changes - 2
     assert json.loads(ok("purge", "--dry-run", "--json", env=env)) == due  # changed nothing
     done = json.loads(ok("purge", "--json", "--batch-size", "1", env=env))
     assert done["conversations"] == 1
+    assert done["changes"] == changes - 2
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT count(*) FROM changes")).scalar_one() == 2
+    engine.dispose()
     assert [c["id"] for c in json.loads(ok("conversation", "deleted", "--json", env=env))] == [2]
     result = run_chatdb("conversation", "restore", "1", env=env)
     assert result.returncode == 1

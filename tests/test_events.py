@@ -33,6 +33,7 @@ from chatdb.db import psycopg_conninfo, session_factory, transaction
 from tests.api_support import ADMIN_KEY, Account, Api, api_settings
 
 WAIT = 20.0  # the longest any bounded wait here lasts
+NO_ID = -1  # an event without an id
 QUIET = 1.5  # how long "nothing arrives" is watched for (a safety check, not a speed claim)
 
 
@@ -136,8 +137,11 @@ def sse_events(lines: Iterable[str]) -> Iterator[Event]:
             fields[name] = value
             continue
         if "data" in fields:
+            # `reset` carries no id: it takes the position away.
             yield Event(
-                int(fields["id"]), fields.get("event", "message"), json.loads(fields["data"])
+                int(fields.get("id", NO_ID)),
+                fields.get("event", "message"),
+                json.loads(fields["data"]),
             )
         fields = {}
 

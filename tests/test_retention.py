@@ -175,7 +175,7 @@ def test_purge_removes_only_what_is_past_the_window(session: Session) -> None:
     age(session, expired, DAYS + 1)
     age(session, recent, DAYS - 1)
 
-    due = store.purge_due(session=session, retention_days=DAYS)
+    due = store.purge_due(session=session, retention_days=DAYS, change_retention_days=DAYS)
     assert due.conversations >= 1
     assert due.conversation_messages >= 2
 
@@ -185,7 +185,12 @@ def test_purge_removes_only_what_is_past_the_window(session: Session) -> None:
     assert expired.id in purged
     assert recent.id not in purged
     assert live.id not in purged
-    assert store.purge_due(session=session, retention_days=DAYS).conversations == 0
+    assert (
+        store.purge_due(
+            session=session, retention_days=DAYS, change_retention_days=DAYS
+        ).conversations
+        == 0
+    )
     for model in (models.Message, models.ConversationMember):
         assert (
             session.execute(

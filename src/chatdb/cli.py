@@ -1199,27 +1199,38 @@ def purge(
     as_json: JsonFlag = False,
 ) -> None:
     """Remove for good what was deleted more than CHATDB_RETENTION_DAYS ago:
-    conversations (with members and messages) and deleted messages' text.
+    conversations (with members and messages) and deleted messages' text; and
+    live-update changes older than CHATDB_CHANGE_RETENTION_DAYS.
 
     Works in short transactions of one batch each, so it never holds up writers;
     safe to stop and run again, and to run from cron.
     """
-    days = get_settings().retention_days
+    settings = get_settings()
+    days, change_days = settings.retention_days, settings.change_retention_days
     engine = engine_ready()
     if dry_run:
         with transaction(engine) as session:
-            due = store.purge_due(session=session, retention_days=days)
+            due = store.purge_due(
+                session=session, retention_days=days, change_retention_days=change_days
+            )
         render(
             due,
             as_json,
-            f"Would purge (deleted more than {days} days ago)",
-            ["conversations", "their messages", "deleted messages' text", "sign-in counters"],
+            f"Would purge (deleted more than {days} days ago; changes older than {change_days})",
+            [
+                "conversations",
+                "their messages",
+                "deleted messages' text",
+                "sign-in counters",
+                "changes",
+            ],
             [
                 (
                     due.conversations,
                     due.conversation_messages,
                     due.message_texts,
                     due.sign_in_counters,
+                    due.changes,
                 )
             ],
         )
@@ -1243,17 +1254,29 @@ def purge(
             break
     with transaction(engine) as session:
         counters = store.forget_sign_in_failures(session=session)
+    with transaction(engine) as session:
+        horizon = store.change_log_horizon(session=session, change_retention_days=change_days)
+    changes = 0
+    while True:
+        with transaction(engine) as session:
+            pruned = store.prune_changes_batch(
+                session=session, below_id=horizon, limit=batch_size * 500
+            )
+        changes += pruned
+        if not pruned:
+            break
     result = {
         "conversations": conversations,
         "message_texts": messages,
         "sign_in_counters": counters,
+        "changes": changes,
     }
     render(
         result,
         as_json,
-        f"Purged (deleted more than {days} days ago)",
-        ["conversations", "deleted messages' text", "sign-in counters"],
-        [(conversations, messages, counters)],
+        f"Purged (deleted more than {days} days ago; changes older than {change_days})",
+        ["conversations", "deleted messages' text", "sign-in counters", "changes"],
+        [(conversations, messages, counters, changes)],
     )
 
 

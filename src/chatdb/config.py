@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         description="Deleted conversations (and deleted messages' text) can be restored "
         "for this many days; `chatdb purge` removes them after.",
     )
+    change_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=36500,
+        description="The change log behind live updates keeps this many days; `chatdb purge` "
+        "removes older changes. A client away for longer reloads instead of catching up.",
+    )
     search_language: str = Field(
         default="english",
         min_length=1,

@@ -25,6 +25,11 @@ class Invalid(ChatdbError):
     """The input breaks a rule (too long, empty, out of range)."""
 
 
+class Gone(ChatdbError):
+    """What was asked for is no longer kept: changes older than the change
+    log's retention window. The caller reloads instead of catching up."""
+
+
 class DatabaseUnavailable(ChatdbError):
     """PostgreSQL cannot be reached or refused the connection."""
 

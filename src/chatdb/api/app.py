@@ -26,6 +26,7 @@ from chatdb.api.web_routes import WebFiles
 from chatdb.api.web_routes import router as web_router
 from chatdb.config import Settings
 from chatdb.db import make_engine, normalize_url, retry_if_connection_lost
+from chatdb.errors import Gone
 from chatdb.replicas import ReadRouter
 from chatdb.store.changes import Change
 
@@ -127,7 +128,10 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     ) -> StreamingResponse:
         """Server-Sent Events: the caller's changes, as `event: change` with the
         change as JSON and its stream position as `id`. Reconnect with
-        Last-Event-ID (browsers do) to receive every change since, exactly once."""
+        Last-Event-ID (browsers do) to receive every change since, exactly once.
+        A position older than the change log keeps (CHATDB_CHANGE_RETENTION_DAYS)
+        gets `event: reset` and the stream ends: reconnect without
+        Last-Event-ID and reload what you show."""
         user_id = caller.require_user()
         resume = _parse_event_id(last_event_id)
         subscriber = await hub.subscribe(user_id, resume)
@@ -135,8 +139,14 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         async def stream() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 2000\n\n"
-                async for change in hub.catch_up(subscriber):
-                    yield _event(change)
+                try:
+                    async for change in hub.catch_up(subscriber):
+                        yield _event(change)
+                except Gone:
+                    # Too far behind to catch up: the client reconnects without a
+                    # position and reloads what it shows.
+                    yield b"event: reset\ndata: {}\n\n"
+                    return
                 while True:
                     try:
                         next_change: Change | None = await asyncio.wait_for(

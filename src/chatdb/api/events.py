@@ -272,7 +272,9 @@ class ChangeHub:
                 del self._subscribers[subscriber.user_id]
 
     async def catch_up(self, subscriber: Subscriber) -> AsyncIterator[Change]:
-        """What the subscriber missed before going live, from the database."""
+        """What the subscriber missed before going live, from the database.
+        Raises Gone if some of it has been pruned (the position is older than
+        the change log's retention window)."""
         position = subscriber.seen_up_to
         while position < subscriber.live_from:
             changes = await run_in_threadpool(
@@ -287,6 +289,8 @@ class ChangeHub:
 
     def _changes_for(self, user_id: int, after_id: int, up_to_id: int) -> list[Change]:
         with session_factory(self.engine).begin() as session:
+            # One snapshot: a prune must not slip between the check and the read.
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             return store.changes_for_user(
                 session=session, user_id=user_id, after_id=after_id, up_to_id=up_to_id
             )

@@ -705,7 +705,17 @@ def mark_read(
     return schemas.ReadOut(last_read_seq=marker, unread_count=unread)
 
 
-@router.get("/conversations/{conversation_id}/changes", responses=_ERRORS, tags=["live updates"])
+@router.get(
+    "/conversations/{conversation_id}/changes",
+    responses={
+        **_ERRORS,
+        410: {
+            "model": schemas.Problem,
+            "description": "Changes after `since` are no longer kept: load the conversation again",
+        },
+    },
+    tags=["live updates"],
+)
 def list_changes(
     conversation_id: ConversationId,
     caller: Caller,
@@ -713,7 +723,8 @@ def list_changes(
     since: Annotated[int, Query(ge=0, le=schemas.BIGINT_MAX)] = 0,
     limit: Limit = 100,
 ) -> schemas.ChangePageOut:
-    """Catch up over plain HTTP: the conversation's changes after change_seq `since`."""
+    """Catch up over plain HTTP: the conversation's changes after change_seq `since`.
+    The log keeps CHATDB_CHANGE_RETENTION_DAYS; past that, 410 Gone."""
     with db.read_transaction() as session:
         page = store.changes_since(
             session=session,

@@ -64,8 +64,10 @@ from chatdb.store.reports import (
 )
 from chatdb.store.retention import (
     PurgeDue,
+    change_log_horizon,
     erase_deleted_messages_batch,
     forget_sign_in_failures,
+    prune_changes_batch,
     purge_conversations_batch,
     purge_due,
 )
@@ -89,6 +91,7 @@ __all__ = [
     "add_reaction",
     "archive_due",
     "archive_messages_batch",
+    "change_log_horizon",
     "changes_after",
     "changes_for_user",
     "changes_since",
@@ -124,6 +127,7 @@ __all__ = [
     "oldest_running_xid",
     "overview",
     "page_statement",
+    "prune_changes_batch",
     "purge_conversations_batch",
     "purge_due",
     "remove_member",

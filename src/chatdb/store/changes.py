@@ -11,10 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import exists, func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from chatdb import models
+from chatdb.errors import Gone
 from chatdb.store._validate import page_limit, positive_id, seq_value
 from chatdb.store.conversations import _require_member
 from chatdb.store.messages import _messages, _select_messages
@@ -115,7 +116,28 @@ def changes_since(
         .order_by(CH.change_seq)
         .limit(limit + 1)
     ).all()
+    # change_seq has no gaps and commits in order (writers hold the
+    # conversation's row lock): a first change past since + 1 means the ones
+    # before it were pruned.
+    if rows[0].change_seq != since + 1 if rows else _pruned(session, conversation_id, since):
+        raise Gone(
+            f"changes of conversation {conversation_id} after {since} are no longer kept; "
+            "load the conversation again"
+        )
     return ChangePage(changes=_with_messages(session, rows[:limit]), has_more=len(rows) > limit)
+
+
+def _pruned(session: Session, conversation_id: int, since: int) -> bool:
+    """Whether the conversation has changes after `since` but no longer
+    since + 1. (The page found none after `since`; one committed since then is
+    there now, so this is no false alarm.)"""
+    row = session.execute(
+        select(
+            models.Conversation.last_change_seq,
+            exists().where(CH.conversation_id == conversation_id, CH.change_seq == since + 1),
+        ).where(models.Conversation.id == conversation_id)
+    ).one_or_none()
+    return row is not None and row[0] > since and not row[1]
 
 
 # --- for the live-update stream ------------------------------------------------------
@@ -188,7 +210,15 @@ def changes_for_user(
 ) -> list[Change]:
     """Catch-up for a resuming stream: the changes a user may see with ids in
     (after_id, up_to_id], in id order. A user sees the changes of the
-    conversations they are a member of, and those addressed to them."""
+    conversations they are a member of, and those addressed to them.
+
+    Raises Gone if changes after `after_id` may have been pruned (`after_id`
+    itself is older than the oldest kept change, and ids lie between them). Run
+    it under REPEATABLE READ: a prune committed between the check and the read
+    would otherwise go unnoticed."""
+    oldest = session.execute(select(func.min(CH.id))).scalar()
+    if oldest is not None and after_id < oldest - 1:
+        raise Gone(f"changes after position {after_id} are no longer kept")
     member_of = (
         select(CM.conversation_id)
         .join(models.Conversation, models.Conversation.id == CM.conversation_id)

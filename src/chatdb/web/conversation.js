@@ -737,6 +737,11 @@ export class ConversationView {
         this.gone("You are no longer a member of this conversation.");
         return;
       }
+      if (error instanceof ApiError && error.status === 410) {
+        // The changes we missed are no longer kept: load the conversation afresh.
+        this.app.reopen();
+        return;
+      }
       setTimeout(() => this.catchUp(), 2000);
     } finally {
       this.catching = false;

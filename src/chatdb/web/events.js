@@ -158,6 +158,12 @@ export class EventStream {
       if (id !== null) this.lastEventId = id;
       return;
     }
+    if (type === "reset") {
+      // Our position is older than the server keeps: the stream ends, and the
+      // next connection starts afresh (resumed=false), which resynchronizes.
+      this.lastEventId = null;
+      return;
+    }
     if (type === "change") {
       try {
         this.onChange(JSON.parse(data.join("\n")));
