@@ -386,14 +386,43 @@ def test_deeply_nested_json_is_refused(world: World) -> None:
         (None, b'{"body": "x"}'),
     ],
 )
-def test_a_body_that_is_not_json_is_422(world: World, content_type: str | None, raw: bytes) -> None:
+def test_a_body_that_is_not_json_is_415(world: World, content_type: str | None, raw: bytes) -> None:
     headers = dict(world.alice.auth)
     if content_type is not None:
         headers["content-type"] = content_type
     before = last_seq(world, world.conversation)
     response = world.api.client.post(world.messages, content=raw, headers=headers)
-    assert_problem(response, 422, "invalid_request")
+    assert_problem(response, 415, "unsupported_media_type")
     assert last_seq(world, world.conversation) == before
+
+
+def test_json_with_parameters_or_a_json_suffix_is_json(world: World) -> None:
+    conversation = world.api.group(world.alice)
+    for n, content_type in enumerate(
+        ("application/json; charset=utf-8", "Application/JSON", "application/vnd.chat+json")
+    ):
+        response = world.api.client.post(
+            f"/v1/conversations/{conversation}/messages",
+            content=f'{{"body": "typed {n}"}}'.encode(),
+            headers={**world.alice.auth, "content-type": content_type},
+        )
+        assert response.status_code == 201, (content_type, response.text)
+    assert last_seq(world, conversation) == 3
+
+
+def test_a_wrong_method_lists_every_method_of_the_path(world: World) -> None:
+    """405's Allow names what the path serves (Starlette names the first
+    route's methods only: GET here, without POST)."""
+    client, auth = world.api.client, world.alice.auth
+    cases = {
+        world.messages: {"GET", "POST"},
+        f"{world.messages}/1": {"GET", "PATCH", "DELETE"},
+        "/v1/me": {"GET"},
+    }
+    for path, methods in cases.items():
+        response = client.put(path, headers=auth)
+        assert_problem(response, 405, "method_not_allowed")
+        assert set(response.headers["allow"].split(", ")) == methods, path
 
 
 UNKNOWN_FIELDS = [

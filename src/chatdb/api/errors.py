@@ -1,6 +1,8 @@
 """Every error as RFC 9457 application/problem+json with a stable `code`."""
 
+import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -82,6 +84,39 @@ def _safe(value: Any) -> str:
     return str(value).encode("utf-8", "replace").decode("utf-8")
 
 
+def _is_json(request: Request) -> bool:
+    """Whether the body says it is JSON (FastAPI reads no other body as JSON)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+@lru_cache(maxsize=8)
+def _paths(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """The app's path templates as patterns, with the methods each serves
+    (from the OpenAPI document: the routes' own structures are FastAPI's
+    private business)."""
+    patterns = []
+    for template, item in app.openapi().get("paths", {}).items():
+        # /v1/users/{user_id} matches /v1/users/7: a parameter is one segment.
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", template))
+        methods = frozenset(m.upper() for m in item if m in _HTTP_METHODS)
+        patterns.append((re.compile(pattern), methods))
+    return patterns
+
+
+def _allowed_methods(request: Request, starlette_allows: str | None) -> str:
+    """Every method some route serves at this path. (Starlette names only the
+    methods of the first route whose path matches.)"""
+    methods = {m.strip() for m in (starlette_allows or "").split(",") if m.strip()}
+    for pattern, served in _paths(request.app):
+        if pattern.fullmatch(request.scope["path"]):
+            methods |= served
+    return ", ".join(sorted(methods))
+
+
 def _document_problems(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
     """The OpenAPI document as the app behaves: every 4xx and 5xx response is
     application/problem+json with the Problem schema. (FastAPI documents error
@@ -123,7 +158,13 @@ def install(app: FastAPI) -> None:
         return problem(status, code, str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI validates a body of another type as raw bytes, and says the
+        # fields are missing: name the real problem.
+        if not _is_json(request) and any(e.get("loc", ())[:1] == ("body",) for e in exc.errors()):
+            return problem(
+                415, "unsupported_media_type", "send the body as JSON (application/json)"
+            )
         errors = [
             {"loc": [_safe(p) for p in e.get("loc", ())], "msg": _safe(e.get("msg", ""))}
             for e in exc.errors()
@@ -133,11 +174,15 @@ def install(app: FastAPI) -> None:
         return problem(422, "invalid_request", f"{where}: {first['msg']}", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
-        return problem(exc.status_code, code, _safe(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request, (headers or {}).get("Allow"))
+            headers = {**(headers or {}), "Allow": allowed}
+        return problem(exc.status_code, code, _safe(exc.detail), headers)
 
     @app.exception_handler(PoolTimeout)
     async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
