@@ -149,9 +149,9 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                     return
                 while True:
                     try:
-                        next_change: Change | None = await asyncio.wait_for(
-                            subscriber.queue.get(), settings.sse_keepalive_seconds
-                        )
+                        # Not wait_for, which in Python 3.11 can swallow a cancellation.
+                        async with asyncio.timeout(settings.sse_keepalive_seconds):
+                            next_change: Change | None = await subscriber.queue.get()
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue

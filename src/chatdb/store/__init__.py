@@ -14,6 +14,7 @@ from chatdb.store.accounts import (
 )
 from chatdb.store.archive import ArchiveDue, archive_due, archive_messages_batch
 from chatdb.store.changes import (
+    attach_messages,
     changes_after,
     changes_for_user,
     changes_since,
@@ -91,6 +92,7 @@ __all__ = [
     "add_reaction",
     "archive_due",
     "archive_messages_batch",
+    "attach_messages",
     "change_log_horizon",
     "changes_after",
     "changes_for_user",

@@ -8,7 +8,7 @@ transaction.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import exists, func, select, text, tuple_
@@ -49,38 +49,46 @@ class ChangePage:
 
 
 def _with_messages(session: Session, rows: Iterable[AnyRow]) -> list[Change]:
-    rows = list(rows)
+    return attach_messages(session=session, changes=[_change(r) for r in rows])
+
+
+def _change(row: AnyRow) -> Change:
+    return Change(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        change_seq=row.change_seq,
+        kind=row.kind,
+        message_seq=row.message_seq,
+        user_id=row.user_id,
+        actor_id=row.actor_id,
+        emoji=row.emoji,
+        created_at=row.created_at,
+        message=None,
+    )
+
+
+def attach_messages(*, session: Session, changes: list[Change]) -> list[Change]:
+    """The changes with their messages as they are now, reactions included.
+
+    A change goes to every member alike, so no reaction is marked as the
+    reader's (`me` is false: a reaction change's user_id says who reacted)."""
     keys = {
-        (r.conversation_id, r.message_seq)
-        for r in rows
-        if r.message_seq is not None and r.kind.startswith(("message.", "reaction."))
+        (c.conversation_id, c.message_seq)
+        for c in changes
+        if c.message_seq is not None and c.kind.startswith(("message.", "reaction."))
     }
-    # The messages as they are now, reactions included; a change goes to every
-    # member alike, so no reaction is marked as the reader's (`me` is false:
-    # a reaction change's user_id says who reacted).
-    messages: dict[tuple[int, int], Message] = {}
-    if keys:
-        found = session.execute(
-            _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys))),
-            {"viewer": None},
-        ).all()
-        messages = {(m.conversation_id, m.seq): m for m in _messages(found)}
+    if not keys:
+        return changes
+    found = session.execute(
+        _select_messages().where(tuple_(M.conversation_id, M.seq).in_(sorted(keys))),
+        {"viewer": None},
+    ).all()
+    messages = {(m.conversation_id, m.seq): m for m in _messages(found)}
     return [
-        Change(
-            id=r.id,
-            conversation_id=r.conversation_id,
-            change_seq=r.change_seq,
-            kind=r.kind,
-            message_seq=r.message_seq,
-            user_id=r.user_id,
-            actor_id=r.actor_id,
-            emoji=r.emoji,
-            created_at=r.created_at,
-            message=messages.get((r.conversation_id, r.message_seq))
-            if r.message_seq is not None
-            else None,
-        )
-        for r in rows
+        replace(c, message=messages.get((c.conversation_id, c.message_seq)))
+        if c.message_seq is not None
+        else c
+        for c in changes
     ]
 
 
@@ -177,11 +185,12 @@ def latest_change_id(*, session: Session) -> int:
 
 
 def changes_after(*, session: Session, after_id: int, limit: int = 500) -> list[Change]:
-    """Every change with a global id above `after_id`, in id order."""
+    """Every change with a global id above `after_id`, in id order, without
+    their messages (attach_messages adds them, for the changes that need them)."""
     rows = session.execute(
         select(*_CHANGE_COLUMNS).where(CH.id > after_id).order_by(CH.id).limit(limit)
     )
-    return _with_messages(session, rows)
+    return [_change(r) for r in rows]
 
 
 def memberships(
@@ -191,15 +200,12 @@ def memberships(
     conversations, users = sorted(set(conversation_ids)), sorted(set(user_ids))
     if not conversations or not users:
         return set()
-    # A deleted conversation has no audience but the members its deletion
-    # changes are addressed to (see ADDRESSED_KINDS in chatdb.api.events).
+    # A soft-deleted conversation keeps its members: its last changes, read
+    # after the deletion, still go to them (a deletion itself goes to each
+    # member alone, see chatdb.api.events._receives).
     rows = session.execute(
-        select(CM.conversation_id, CM.user_id)
-        .join(models.Conversation, models.Conversation.id == CM.conversation_id)
-        .where(
-            CM.conversation_id.in_(conversations),
-            CM.user_id.in_(users),
-            models.Conversation.deleted_at.is_(None),
+        select(CM.conversation_id, CM.user_id).where(
+            CM.conversation_id.in_(conversations), CM.user_id.in_(users)
         )
     )
     return {(r.conversation_id, r.user_id) for r in rows}
@@ -219,17 +225,14 @@ def changes_for_user(
     oldest = session.execute(select(func.min(CH.id))).scalar()
     if oldest is not None and after_id < oldest - 1:
         raise Gone(f"changes after position {after_id} are no longer kept")
-    member_of = (
-        select(CM.conversation_id)
-        .join(models.Conversation, models.Conversation.id == CM.conversation_id)
-        .where(CM.user_id == user_id, models.Conversation.deleted_at.is_(None))
-    )
+    member_of = select(CM.conversation_id).where(CM.user_id == user_id)
+    # The same audience as the live stream's (chatdb.api.events._receives).
     rows = session.execute(
         select(*_CHANGE_COLUMNS)
         .where(
             CH.id > after_id,
             CH.id <= up_to_id,
-            CH.conversation_id.in_(member_of)
+            CH.conversation_id.in_(member_of) & (CH.kind != "conversation.deleted")
             | (CH.user_id == user_id) & CH.kind.in_(("member.removed", "conversation.deleted")),
         )
         .order_by(CH.id)
