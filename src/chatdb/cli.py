@@ -1235,36 +1235,28 @@ def purge(
             ],
         )
         return
-    conversations = messages = 0
-    while True:
-        with transaction(engine) as session:
-            batch = store.purge_conversations_batch(
-                session=session, retention_days=days, limit=batch_size
-            )
-        conversations += len(batch)
-        if not batch:
-            break
-    while True:
-        with transaction(engine) as session:
-            erased = store.erase_deleted_messages_batch(
-                session=session, retention_days=days, limit=batch_size * 50
-            )
-        messages += erased
-        if not erased:
-            break
+    conversations = _in_batches(
+        engine,
+        lambda session: len(
+            store.purge_conversations_batch(session=session, retention_days=days, limit=batch_size)
+        ),
+    )
+    messages = _in_batches(
+        engine,
+        lambda session: store.erase_deleted_messages_batch(
+            session=session, retention_days=days, limit=batch_size * 50
+        ),
+    )
     with transaction(engine) as session:
         counters = store.forget_sign_in_failures(session=session)
     with transaction(engine) as session:
         horizon = store.change_log_horizon(session=session, change_retention_days=change_days)
-    changes = 0
-    while True:
-        with transaction(engine) as session:
-            pruned = store.prune_changes_batch(
-                session=session, below_id=horizon, limit=batch_size * 500
-            )
-        changes += pruned
-        if not pruned:
-            break
+    changes = _in_batches(
+        engine,
+        lambda session: store.prune_changes_batch(
+            session=session, below_id=horizon, limit=batch_size * 500
+        ),
+    )
     result = {
         "conversations": conversations,
         "message_texts": messages,
@@ -1278,6 +1270,18 @@ def purge(
         ["conversations", "deleted messages' text", "sign-in counters", "changes"],
         [(conversations, messages, counters, changes)],
     )
+
+
+def _in_batches(engine: Engine, batch: Callable[[Session], int]) -> int:
+    """Run `batch` in a transaction of its own until it does nothing; returns
+    the total it did."""
+    total = 0
+    while True:
+        with transaction(engine) as session:
+            done = batch(session)
+        if not done:
+            return total
+        total += done
 
 
 @app.command("archive")
