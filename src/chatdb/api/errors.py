@@ -119,15 +119,20 @@ def _allowed_methods(request: Request, starlette_allows: str | None) -> str:
 
 def _document_problems(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
     """The OpenAPI document as the app behaves: every 4xx and 5xx response is
-    application/problem+json with the Problem schema. (FastAPI documents error
-    models as application/json, and adds a 422 with its own validation-error
-    schema, which handlers above replace with a problem.)"""
+    application/problem+json with the Problem schema, and an operation that
+    takes a body may answer 415. (FastAPI documents error models as
+    application/json, and adds a 422 with its own validation-error schema,
+    which handlers above replace with a problem.)"""
 
     def document() -> dict[str, Any]:
         result = openapi()
         problem_schema = {"$ref": "#/components/schemas/Problem"}
         for path_item in result.get("paths", {}).values():
             for operation in path_item.values():
+                if "requestBody" in operation:
+                    operation["responses"].setdefault(
+                        "415", {"description": "The body is not JSON (application/json)"}
+                    )
                 for status, response in operation.get("responses", {}).items():
                     if str(status)[:1] in ("4", "5"):
                         response["content"] = {PROBLEM_JSON: {"schema": problem_schema}}
