@@ -87,7 +87,8 @@ def _safe(value: Any) -> str:
 def _is_json(request: Request) -> bool:
     """Whether the body says it is JSON (FastAPI reads no other body as JSON)."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    return media_type == "application/json" or media_type.endswith("+json")
+    main, _, sub = media_type.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
 
 
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -111,8 +112,10 @@ def _allowed_methods(request: Request, starlette_allows: str | None) -> str:
     """Every method some route serves at this path. (Starlette names only the
     methods of the first route whose path matches.)"""
     methods = {m.strip() for m in (starlette_allows or "").split(",") if m.strip()}
+    # The app's own path: behind a proxy prefix, scope["path"] includes root_path.
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
     for pattern, served in _paths(request.app):
-        if pattern.fullmatch(request.scope["path"]):
+        if pattern.fullmatch(path):
             methods |= served
     return ", ".join(sorted(methods))
 

@@ -158,4 +158,5 @@ def prune_changes_batch(*, session: Session, below_id: int, limit: int = 10_000)
         .limit(max(1, min(limit, 100_000)))
         .scalar_subquery()
     )
-    return len(session.execute(delete(CH).where(CH.id.in_(doomed)).returning(CH.id)).all())
+    deleted: int = session.execute(delete(CH).where(CH.id.in_(doomed))).rowcount  # type: ignore[attr-defined]
+    return deleted
