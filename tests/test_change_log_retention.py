@@ -5,6 +5,7 @@ is simulated by moving created_at back, never by waiting."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -172,3 +173,35 @@ def test_over_http_a_pruned_position_is_410_and_the_stream_says_reset(
         )
         assert caught_up.status_code == 200
         assert [c["change_seq"] for c in caught_up.json()["changes"]] == [last]
+
+
+def test_a_quiet_stream_keeps_its_position_inside_the_window(fresh_engine: Engine) -> None:
+    """A client that gets no change for a long time still has its position
+    moved along by the keep-alives, so after the changes it never saw are
+    pruned it resumes, instead of being told to reload."""
+    with running(fresh_engine) as live, httpx2.Client(base_url=live.url, timeout=WAIT) as client:
+        web = Api(client)  # type: ignore[arg-type]  # the same interface as TestClient
+        alice, bob, carol = web.account("alice"), web.account("bob"), web.account("carol")
+        web.group(alice, bob)
+        elsewhere = web.group(alice, carol)
+        position = None
+        with client.stream("GET", "/v1/events", headers=bob.auth) as response:
+            web.send(alice, elsewhere, "not for bob")
+            with unit(fresh_engine) as session:
+                newest = change_ids(session)[-1]
+            deadline = time.monotonic() + WAIT
+            for line in response.iter_lines():  # a keep-alive comes every second
+                if line.startswith("id: ") and int(line[4:]) >= newest:
+                    position = int(line[4:])
+                if position is not None or time.monotonic() > deadline:
+                    break
+        assert position == newest
+        with unit(fresh_engine) as session:
+            web.send(alice, elsewhere, "still not for bob")
+            age_changes(session, newest)
+            assert prune(session) > 0
+        resumed = Listener(live.url, bob.token, last_event_id=position)
+        web.send(alice, elsewhere, "nor this")
+        assert resumed.quiet() == []  # nothing to catch up on, and no reset
+        assert not resumed.ended
+        resumed.stop()

@@ -153,7 +153,12 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                         async with asyncio.timeout(settings.sse_keepalive_seconds):
                             next_change: Change | None = await subscriber.queue.get()
                     except TimeoutError:
-                        yield b": keep-alive\n\n"
+                        # Nothing queued: every change up to the reader's position
+                        # that this user gets has been sent. Moving the client's
+                        # position there keeps a quiet client's position inside
+                        # the change log's retention window.
+                        position = max(hub.watermark, subscriber.seen_up_to)
+                        yield f"id: {position}\n\n".encode()
                         continue
                     if next_change is None:  # cut off (too slow) or shutting down
                         return
