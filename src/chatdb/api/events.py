@@ -47,7 +47,6 @@ CHANNEL = "chatdb_changes"
 BATCH = 1000
 # The least time between two reads of the change log (unless one read a full batch).
 GATHER_SECONDS = 0.02
-ADDRESSED_KINDS = ("member.removed", "conversation.deleted")
 
 T = TypeVar("T")
 
@@ -253,7 +252,7 @@ class ChangeHub:
 
     def _dispatch(self, change: Change, members: set[tuple[int, int]]) -> None:
         for user_id, subscribers in self._subscribers.items():
-            if not _receives(change, user_id, members):
+            if not store.receives(change, user_id, members):
                 continue
             for subscriber in subscribers:
                 if change.id <= subscriber.seen_up_to or subscriber.overflowed:
@@ -312,18 +311,8 @@ class ChangeHub:
             )
 
 
-def _receives(change: Change, user_id: int, members: set[tuple[int, int]]) -> bool:
-    """Whether a user is sent this change: a member of its conversation, or
-    the one it is addressed to. A deletion is recorded once per member, each
-    addressed to its member, and goes to that member alone."""
-    if change.kind == "conversation.deleted":
-        return change.user_id == user_id
-    addressed = change.user_id == user_id and change.kind in ADDRESSED_KINDS
-    return addressed or (change.conversation_id, user_id) in members
-
-
 def _audience(change: Change, members: set[tuple[int, int]], users: set[int]) -> bool:
-    return any(_receives(change, user_id, members) for user_id in users)
+    return any(store.receives(change, user_id, members) for user_id in users)
 
 
 def _end_stream(subscriber: Subscriber) -> None:

@@ -21,6 +21,7 @@ from chatdb.store.changes import (
     latest_change_id,
     memberships,
     oldest_running_xid,
+    receives,
     xid_bound,
 )
 from chatdb.store.conversations import (
@@ -132,6 +133,7 @@ __all__ = [
     "prune_changes_batch",
     "purge_conversations_batch",
     "purge_due",
+    "receives",
     "remove_member",
     "remove_reaction",
     "rename_conversation",

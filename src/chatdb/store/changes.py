@@ -193,6 +193,21 @@ def changes_after(*, session: Session, after_id: int, limit: int = 500) -> list[
     return [_change(r) for r in rows]
 
 
+# Changes told to the user they name: a removal (the members see it too), and
+# a deletion, which is recorded once per member and goes to that member alone.
+ADDRESSED_KINDS = ("member.removed", "conversation.deleted")
+
+
+def receives(change: Change, user_id: int, members: set[tuple[int, int]]) -> bool:
+    """Whether a user is sent this change, given which (conversation, user)
+    pairs are memberships (see memberships). changes_for_user applies the same
+    rule in SQL."""
+    if change.kind == "conversation.deleted":
+        return change.user_id == user_id
+    addressed = change.user_id == user_id and change.kind in ADDRESSED_KINDS
+    return addressed or (change.conversation_id, user_id) in members
+
+
 def memberships(
     *, session: Session, conversation_ids: Iterable[int], user_ids: Iterable[int]
 ) -> set[tuple[int, int]]:
@@ -202,7 +217,7 @@ def memberships(
         return set()
     # A soft-deleted conversation keeps its members: its last changes, read
     # after the deletion, still go to them (a deletion itself goes to each
-    # member alone, see chatdb.api.events._receives).
+    # member alone, see receives).
     rows = session.execute(
         select(CM.conversation_id, CM.user_id).where(
             CM.conversation_id.in_(conversations), CM.user_id.in_(users)
@@ -226,14 +241,14 @@ def changes_for_user(
     if oldest is not None and after_id < oldest - 1:
         raise Gone(f"changes after position {after_id} are no longer kept")
     member_of = select(CM.conversation_id).where(CM.user_id == user_id)
-    # The same audience as the live stream's (chatdb.api.events._receives).
+    # The same audience as the live stream's (receives).
     rows = session.execute(
         select(*_CHANGE_COLUMNS)
         .where(
             CH.id > after_id,
             CH.id <= up_to_id,
             CH.conversation_id.in_(member_of) & (CH.kind != "conversation.deleted")
-            | (CH.user_id == user_id) & CH.kind.in_(("member.removed", "conversation.deleted")),
+            | (CH.user_id == user_id) & CH.kind.in_(ADDRESSED_KINDS),
         )
         .order_by(CH.id)
         .limit(limit)
