@@ -6,9 +6,9 @@
 // server replays every change missed meanwhile, exactly once and in order.
 
 const MAX_DELAY_MS = 30_000;
-// The server sends a keep-alive every 15 s (by default; an id-only event once
-// caught up, else a comment); a stream silent for much
-// longer than that is a dead connection that nobody closed.
+// The server sends a keep-alive every 15 s by default (an event with only an
+// id: the stream position); a stream silent for much longer than that is a
+// dead connection that nobody closed.
 const SILENCE_MS = 45_000;
 
 export class EventStream {
