@@ -208,6 +208,10 @@ def test_seed_loads_the_plan_with_every_invariant_kept(fresh_engine: Engine) -> 
     for phase in phases:
         last = [(done, total) for p, done, total in calls if p == phase][-1]
         assert last[0] == last[1]
+    # Every phase is timed, in the order it ran, and the phases add up to the load.
+    assert list(report.phase_seconds) == list(dict.fromkeys(p for p, _, _ in calls))
+    assert all(seconds >= 0 for seconds in report.phase_seconds.values())
+    assert sum(report.phase_seconds.values()) <= report.seconds + 0.05
 
 
 def test_same_seed_same_rows_other_seed_other_rows(

@@ -75,6 +75,9 @@ class SeedReport:
     members: int
     messages: int
     seconds: float
+    # Wall seconds of each phase, in order (users, conversations, messages,
+    # members, indexes, activity, analyze): where a load's time goes.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
@@ -83,11 +86,14 @@ ProgressCallback = Callable[[str, int, int], None]  # (phase, done, total)
 def seed(engine: Engine, plan: SeedPlan, progress: ProgressCallback | None = None) -> SeedReport:
     """Add the plan's users, conversations, members and messages in one transaction."""
     _check_plan(plan)
-    report: ProgressCallback = progress or _ignore_progress
     started = time.perf_counter()
+    clock = _PhaseClock(progress or _ignore_progress)
+    report: ProgressCallback = clock
     # The window ends at the second the seed starts; see the module docstring.
     now = (int(time.time()) - _PG_EPOCH_UNIX) * _SECOND
+    report("plan", 0, 1)
     world = _build_world(plan, now)
+    report("plan", 1, 1)
     raw = engine.raw_connection()
     try:
         conn = raw.driver_connection
@@ -121,11 +127,32 @@ def seed(engine: Engine, plan: SeedPlan, progress: ProgressCallback | None = Non
         members=members,
         messages=plan.messages,
         seconds=time.perf_counter() - started,
+        phase_seconds=clock.durations(),
     )
 
 
 def _ignore_progress(phase: str, done: int, total: int) -> None:
     return
+
+
+class _PhaseClock:
+    """Passes progress on and notes when each phase begins; a phase ends when
+    the next one begins, the last one when `durations` is called."""
+
+    def __init__(self, forward: ProgressCallback) -> None:
+        self._forward = forward
+        self._starts: dict[str, float] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        self._starts.setdefault(phase, time.perf_counter())
+        self._forward(phase, done, total)
+
+    def durations(self) -> dict[str, float]:
+        marks = [*self._starts.values(), time.perf_counter()]
+        return {
+            phase: round(end - start, 2)
+            for phase, start, end in zip(self._starts, marks, marks[1:], strict=False)
+        }
 
 
 def _check_plan(plan: SeedPlan) -> None:

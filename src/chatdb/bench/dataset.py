@@ -49,6 +49,7 @@ class Dataset:
     url: URL
     load_seconds: float
     reused: bool
+    load_phases: dict[str, float]  # seconds per phase of the load (chatdb.seed)
 
 
 def database_name(size: str) -> str:
@@ -95,7 +96,14 @@ def ensure_dataset(
             migrate.upgrade(engine)  # a newer chatdb may have added migrations since
         finally:
             engine.dispose()
-        return Dataset(size, plan, url, float(stamp["load_seconds"]), reused=True)
+        return Dataset(
+            size,
+            plan,
+            url,
+            float(stamp["load_seconds"]),
+            reused=True,
+            load_phases=stamp.get("load_phases", {}),
+        )
 
     with _admin(server) as conn:
         conn.execute(
@@ -109,14 +117,20 @@ def ensure_dataset(
     finally:
         engine.dispose()
     _vacuum(url)
-    comment = json.dumps({"plan": asdict(plan), "load_seconds": report.seconds})
+    comment = json.dumps(
+        {
+            "plan": asdict(plan),
+            "load_seconds": report.seconds,
+            "load_phases": report.phase_seconds,
+        }
+    )
     with _admin(server) as conn:
         conn.execute(
             sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 sql.Identifier(name), sql.Literal(comment)
             )
         )
-    return Dataset(size, plan, url, report.seconds, reused=False)
+    return Dataset(size, plan, url, report.seconds, reused=False, load_phases=report.phase_seconds)
 
 
 def _vacuum(url: URL) -> None:

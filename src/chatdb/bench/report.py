@@ -24,6 +24,11 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         f"({'reused' if d['reused'] else 'loaded'}; load {d['load_seconds']:.1f} s)",
         highlight=False,
     )
+    if phases := d.get("load_phases"):
+        console.print(
+            "load by phase, s: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()),
+            highlight=False,
+        )
     reads = Table(title="Reads: latency in ms (floor = bare psycopg, prepared, same SQL)")
     for column in (
         "operation",

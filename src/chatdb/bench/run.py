@@ -466,6 +466,7 @@ def run(
         dataset={
             **asdict(dataset.plan),
             "load_seconds": round(dataset.load_seconds, 2),
+            "load_phases": dataset.load_phases,
             "reused": dataset.reused,
         },
         targets={
