@@ -76,6 +76,8 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
         assert_stats(entry["data_layer"])
         assert_stats(entry["floor_parallel"], concurrency=8)
         assert_stats(entry["floor_with_round_trips"])
+        assert_stats(entry["floor_through_sqlalchemy"])
+        assert set(entry["data_layer_vs_floor_through_sqlalchemy"]) == {"p50", "p95", "p99"}
         assert set(entry["data_layer_vs_floor"]) == {"p50", "p95", "p99"}
         assert set(entry["http"]) == set(entry["http_refused"]) == {"1", "8", "32"}
         for clients, stats in entry["http"].items():

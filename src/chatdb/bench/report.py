@@ -16,6 +16,16 @@ def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
+def _framework(entry: dict[str, Any]) -> tuple[str, str]:
+    # Reports from before the SQLAlchemy floor existed have no such entry.
+    if "floor_through_sqlalchemy" not in entry:
+        return "", ""
+    return (
+        _ms(entry["floor_through_sqlalchemy"]["p50_ms"]),
+        f"{entry['data_layer_vs_floor_through_sqlalchemy']['p50']:.2f}",
+    )
+
+
 def print_tables(console: Console, report: dict[str, Any]) -> None:
     d = report["dataset"]
     console.print(
@@ -39,6 +49,8 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         "x floor p99",
         "floor + BEGIN, COMMIT p50",
         "x that p50",
+        "through SQLAlchemy p50",
+        "x that p50 ",
     ):
         reads.add_column(column, justify="left" if column == "operation" else "right")
     for entry in report["reads"].values():
@@ -53,6 +65,7 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
             f"{r['p99']:.2f}",
             _ms(rt["p50_ms"]),
             f"{entry['data_layer_vs_floor_with_round_trips']['p50']:.2f}",
+            *_framework(entry),
         )
     console.print(reads)
 

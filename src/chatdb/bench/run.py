@@ -19,13 +19,13 @@ import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from chatdb import store
 from chatdb.bench import http
@@ -383,6 +383,26 @@ def floor_with_round_trips(
     return call
 
 
+def sqlalchemy_floor(
+    engine: Engine, statement: ClauseElement, *, custom_plans: bool
+) -> Callable[[], object]:
+    """The same statement through a SQLAlchemy session in a transaction, rows
+    fetched as they come: what the stack chatdb is built on costs before any of
+    chatdb's own Python runs. What is left between this and the data layer is
+    chatdb's."""
+
+    def call() -> object:
+        with transaction(engine) as session:
+            if custom_plans:
+                session.execute(_CUSTOM_PLANS)
+            return session.execute(cast(Executable, statement)).all()
+
+    return call
+
+
+_CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
 def store_call(engine: Engine, op: Callable[[Session], object]) -> Callable[[], object]:
     def call() -> object:
         with transaction(engine) as session:
@@ -500,6 +520,9 @@ def run(
             floor_stats = time_calls(floor_call(bare, sql, params), budget)
             store_stats = time_calls(store_call(engine, op.call), budget)
             round_trips = time_calls(floor_with_round_trips(bare, sql, params), budget)
+            framework = time_calls(
+                sqlalchemy_floor(engine, op.statement, custom_plans=op.custom_plans), budget
+            )
             connections = FloorConnections(url, custom_plans=op.custom_plans)
             try:
                 floor_parallel = time_concurrent(
@@ -516,6 +539,8 @@ def run(
                 "data_layer_vs_floor": store_stats.ratio(floor_stats),
                 "floor_with_round_trips": _stats(round_trips),
                 "data_layer_vs_floor_with_round_trips": store_stats.ratio(round_trips),
+                "floor_through_sqlalchemy": _stats(framework),
+                "data_layer_vs_floor_through_sqlalchemy": store_stats.ratio(framework),
                 "floor_parallel": _stats(floor_parallel),
                 "http": {},
                 "http_refused": {},
