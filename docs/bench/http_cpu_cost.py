@@ -1,0 +1,114 @@
+"""Where the CPU of an HTTP request goes: the API server, PostgreSQL and the
+load generator, in CPU milliseconds per request, and the throughput the
+machine's cores could give at that cost if nothing else ran.
+
+HTTP sends, the last 50 messages and GET /healthz (no database), at 8 clients,
+with the app in WORKERS uvicorn processes (as `chatdb bench --http-workers`).
+CPU time is read from /proc (utime + stime) before and after each load: for
+the server and its worker processes, for every PostgreSQL process, and for
+this process (the load generator). Linux only.
+
+    python docs/bench/http_cpu_cost.py [SIZE] [WORKERS] [SECONDS]
+        # after `chatdb bench --size SIZE` (default small, 1 worker, 10 s),
+        # on the server chatdb uses
+"""
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from chatdb.bench import http
+from chatdb.bench.dataset import database_name
+from chatdb.bench.measure import Budget
+from chatdb.bench.run import _sign_in, pick_targets
+from chatdb.config import Settings
+from chatdb.db import database_url, make_engine
+
+TICK = os.sysconf("SC_CLK_TCK")
+size = sys.argv[1] if len(sys.argv) > 1 else "small"
+workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+url = database_url().set(database=database_name(size))
+
+
+def processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds so far)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / TICK)
+    return found
+
+
+def cpu_by_part(server_pid: int) -> dict[str, float]:
+    table = processes()
+
+    def under_server(pid: int) -> bool:
+        while pid > 1:
+            if pid == server_pid:
+                return True
+            pid = table[pid][0] if pid in table else 1
+        return False
+
+    parts = {"API server": 0.0, "PostgreSQL": 0.0, "load generator": table[os.getpid()][2]}
+    for pid, (_, name, cpu) in table.items():
+        if under_server(pid):
+            parts["API server"] += cpu
+        elif name.startswith("postgres"):
+            parts["PostgreSQL"] += cpu
+    return parts
+
+
+t = pick_targets(url, 8)
+engine = make_engine(url, Settings(pool_size=2))
+auth = _sign_in(engine, [u for _, u in t.senders])
+engine.dispose()
+loads = {
+    "send": [
+        http.HttpCall(
+            "POST", f"/v1/conversations/{c}/messages", auth[u], json={"body": "x"}, expect=201
+        )
+        for c, u in t.senders
+    ],
+    "last 50 messages": [
+        http.HttpCall("GET", f"/v1/conversations/{c}/messages", auth[u], params={"limit": 50})
+        for c, u in t.senders
+    ],
+    "GET /healthz (no database)": [http.HttpCall("GET", "/healthz", {})],
+}
+cores = os.cpu_count() or 1
+report: dict[str, object] = {"size": size, "workers": workers, "cores": cores, "clients": 8}
+with http.serve(url, secrets.token_urlsafe(24), workers=workers) as base:
+    server_pid = next(
+        pid
+        for pid, (parent, name, _) in processes().items()
+        if parent == os.getpid() and name.startswith("python")
+    )
+    for label, calls in loads.items():
+        http.load(base, calls, 8, Budget(samples=400, seconds=1.0, warmup=100))  # warm up
+        before = cpu_by_part(server_pid)
+        stats, _ = http.load(base, calls, 8, Budget(samples=10**9, seconds=seconds, warmup=0))
+        after = cpu_by_part(server_pid)
+        requests = stats.samples
+        per_request = {k: (after[k] - before[k]) * 1000 / requests for k in before}
+        total = sum(per_request.values())
+        report[label] = {
+            "requests_per_second": round(stats.throughput),
+            "cpu_ms_per_request": {k: round(v, 3) for k, v in per_request.items()},
+            "cpu_ms_per_request_total": round(total, 3),
+            "ceiling_requests_per_second_on_all_cores": round(cores * 1000 / total),
+            "ceiling_requests_per_second_server_alone": round(
+                min(cores, workers) * 1000 / per_request["API server"]
+            ),
+        }
+        print(label, report[label], file=sys.stderr, flush=True)
+print(json.dumps(report, indent=2))
