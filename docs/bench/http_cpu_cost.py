@@ -4,8 +4,9 @@ machine's cores could give at that cost if nothing else ran.
 
 HTTP sends, the last 50 messages and GET /healthz (no database), at 8 clients,
 with the app in WORKERS uvicorn processes (as `chatdb bench --http-workers`).
-CPU time is read from /proc (utime + stime) before and after each load: for
-the server and its worker processes, for every PostgreSQL process, and for
+CPU time is read from /proc (utime + stime, with those of ended children)
+before and after each load: for the server and its worker processes, for the
+PostgreSQL server the benchmark uses (which must run on this machine), and for
 this process (the load generator). Linux only.
 
     python docs/bench/http_cpu_cost.py [SIZE] [WORKERS] [SECONDS]
@@ -19,12 +20,14 @@ import secrets
 import sys
 from pathlib import Path
 
+import psycopg
+
 from chatdb.bench import http
 from chatdb.bench.dataset import database_name
 from chatdb.bench.measure import Budget
 from chatdb.bench.run import _sign_in, pick_targets
 from chatdb.config import Settings
-from chatdb.db import database_url, make_engine
+from chatdb.db import database_url, make_engine, psycopg_conninfo
 
 TICK = os.sysconf("SC_CLK_TCK")
 size = sys.argv[1] if len(sys.argv) > 1 else "small"
@@ -34,7 +37,9 @@ url = database_url().set(database=database_name(size))
 
 
 def processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds so far)."""
+    """pid -> (parent pid, command name, CPU seconds so far, its own and that of
+    its children that have ended: a process that ends during a measurement
+    still counts, through its parent)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -45,26 +50,40 @@ def processes() -> dict[int, tuple[int, str, float]]:
             continue  # it ended meanwhile
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / TICK)
+        # utime, stime, cutime, cstime
+        ticks = sum(int(f) for f in fields[11:15])
+        found[int(entry.name)] = (int(fields[1]), name, ticks / TICK)
     return found
 
 
-def cpu_by_part(server_pid: int) -> dict[str, float]:
+def postmaster_pid() -> int:
+    """The PostgreSQL server the benchmark uses (on this machine): the parent
+    of one of its backends."""
+    with psycopg.connect(psycopg_conninfo(url)) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return processes()[int(row[0])][0]
+
+
+def cpu_by_part(server_pid: int, postmaster: int) -> dict[str, float]:
     table = processes()
 
-    def under_server(pid: int) -> bool:
+    def under(pid: int, root: int) -> bool:
         while pid > 1:
-            if pid == server_pid:
+            if pid == root:
                 return True
             pid = table[pid][0] if pid in table else 1
         return False
 
-    parts = {"API server": 0.0, "PostgreSQL": 0.0, "load generator": table[os.getpid()][2]}
-    for pid, (_, name, cpu) in table.items():
-        if under_server(pid):
+    parts = {"API server": 0.0, "PostgreSQL": 0.0, "load generator": 0.0}
+    for pid, (_, _, cpu) in table.items():
+        if under(pid, server_pid):
             parts["API server"] += cpu
-        elif name.startswith("postgres"):
+        elif under(pid, postmaster):
             parts["PostgreSQL"] += cpu
+    # This process alone: its children (the server) are counted above.
+    self_ticks = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[11:13]
+    parts["load generator"] = sum(int(t) for t in self_ticks) / TICK
     return parts
 
 
@@ -93,11 +112,12 @@ with http.serve(url, secrets.token_urlsafe(24), workers=workers) as base:
         for pid, (parent, name, _) in processes().items()
         if parent == os.getpid() and name.startswith("python")
     )
+    postmaster = postmaster_pid()
     for label, calls in loads.items():
         http.load(base, calls, 8, Budget(samples=400, seconds=1.0, warmup=100))  # warm up
-        before = cpu_by_part(server_pid)
+        before = cpu_by_part(server_pid, postmaster)
         stats, _ = http.load(base, calls, 8, Budget(samples=10**9, seconds=seconds, warmup=0))
-        after = cpu_by_part(server_pid)
+        after = cpu_by_part(server_pid, postmaster)
         requests = stats.samples
         per_request = {k: (after[k] - before[k]) * 1000 / requests for k in before}
         total = sum(per_request.values())

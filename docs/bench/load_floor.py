@@ -3,7 +3,7 @@ the messages' search vectors (the stored column `search_vector`, migration 0009)
 which any load of those messages pays, set against the load's own phases.
 
 The vectors of a sample of the loaded messages are computed again, on one core
-(no parallel workers) and with PostgreSQL's parallel workers on every core;
+(no parallel workers) and with PostgreSQL's parallel workers, one process per core;
 the scan alone (summing the body lengths) is measured the same way and taken
 off. The per-message cost times the dataset's messages is the floor. Each
 measurement runs ROUNDS times; medians are reported.
@@ -14,6 +14,7 @@ measurement runs ROUNDS times; medians are reported.
 """
 
 import json
+import os
 import re
 import statistics
 import sys
@@ -57,46 +58,49 @@ with psycopg.connect(psycopg_conninfo(url), autocommit=True) as conn:
     messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     conn.execute("SET statement_timeout = 0")
     conn.execute("DROP TABLE IF EXISTS load_floor_sample")
-    conn.execute(SAMPLE)
-    conn.execute("VACUUM ANALYZE load_floor_sample")
-    sampled = conn.execute("SELECT count(*) FROM load_floor_sample").fetchone()[0]
-    cores = conn.execute("SHOW max_parallel_workers").fetchone()[0]
-    results = {}
-    for label, settings in (
-        ("one core", ["SET max_parallel_workers_per_gather = 0"]),
-        (
-            "parallel",
-            [
-                "SET max_parallel_workers_per_gather = 2",
-                "SET parallel_setup_cost = 0",
-                "SET parallel_tuple_cost = 0",
-                "SET min_parallel_table_scan_size = 0",
-            ],
-        ),
-    ):
-        for statement in settings:
-            conn.execute(statement)
-        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + VECTORS))
-        vectors = statistics.median(timed(conn, VECTORS) for _ in range(rounds))
-        scan = statistics.median(timed(conn, SCAN) for _ in range(rounds))
-        per_message = (vectors - scan) / sampled
-        results[label] = {
-            "workers_planned": int(m.group(1))
-            if (m := re.search(r"Workers Planned: (\d+)", plan))
-            else 0,
-            "sample_seconds": round(vectors, 3),
-            "scan_seconds": round(scan, 3),
-            "microseconds_per_message": round(per_message * 1e6, 2),
-            "floor_seconds_for_dataset": round(per_message * messages, 1),
-        }
-    conn.execute("DROP TABLE load_floor_sample")
+    try:
+        conn.execute(SAMPLE)
+        conn.execute("VACUUM ANALYZE load_floor_sample")
+        sampled = conn.execute("SELECT count(*) FROM load_floor_sample").fetchone()[0]
+        cores = os.cpu_count() or 1
+        results = {}
+        for label, settings in (
+            ("one core", ["SET max_parallel_workers_per_gather = 0"]),
+            (
+                "parallel",
+                [
+                    # The leader scans too: one process per core.
+                    f"SET max_parallel_workers_per_gather = {cores - 1}",
+                    "SET parallel_setup_cost = 0",
+                    "SET parallel_tuple_cost = 0",
+                    "SET min_parallel_table_scan_size = 0",
+                ],
+            ),
+        ):
+            for statement in settings:
+                conn.execute(statement)
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + VECTORS))
+            vectors = statistics.median(timed(conn, VECTORS) for _ in range(rounds))
+            scan = statistics.median(timed(conn, SCAN) for _ in range(rounds))
+            per_message = (vectors - scan) / sampled
+            results[label] = {
+                "workers_planned": int(m.group(1))
+                if (m := re.search(r"Workers Planned: (\d+)", plan))
+                else 0,
+                "sample_seconds": round(vectors, 3),
+                "scan_seconds": round(scan, 3),
+                "microseconds_per_message": round(per_message * 1e6, 2),
+                "floor_seconds_for_dataset": round(per_message * messages, 1),
+            }
+    finally:
+        conn.execute("DROP TABLE IF EXISTS load_floor_sample")
 
 report = {
     "size": size,
     "messages": messages,
     "sampled_messages": sampled,
     "rounds": rounds,
-    "max_parallel_workers": cores,
+    "cores": cores,
     "search_vectors": results,
     "load_seconds": stamp.get("load_seconds"),
     "load_phases": stamp.get("load_phases"),

@@ -75,8 +75,10 @@ class SeedReport:
     members: int
     messages: int
     seconds: float
-    # Wall seconds of each phase, in order (users, conversations, messages,
-    # members, indexes, activity, analyze): where a load's time goes.
+    # Wall seconds of each phase, in order (plan, users, conversations,
+    # messages, members, indexes, activity, analyze): where a load's time goes.
+    # A phase runs until the next begins: "plan" also holds connecting, locking
+    # and emptying the tables, "activity" the commit.
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
