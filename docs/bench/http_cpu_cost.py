@@ -61,8 +61,8 @@ def postmaster_pid() -> int:
     of one of its backends."""
     with psycopg.connect(psycopg_conninfo(url)) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return processes()[int(row[0])][0]
+        assert row is not None
+        return processes()[int(row[0])][0]  # while the backend is still there
 
 
 def cpu_by_part(server_pid: int, postmaster: int) -> dict[str, float]:
