@@ -5,11 +5,18 @@ so load on the machine falls on both alike.
         python docs/bench/ab_compare.py   # on the server chatdb uses, after `chatdb bench --size small`
 """
 
-import os, random, socket, statistics, subprocess, sys, time
+import contextlib
+import os
+import random
+import statistics
+import time
+
 import httpx2
+
+from chatdb.bench import http
+from chatdb.bench.run import _sign_in, pick_targets
 from chatdb.config import Settings
 from chatdb.db import database_url, make_engine
-from chatdb.bench.run import pick_targets, _sign_in
 
 KEY = "ab-admin-key-0123456789abcdef"
 url = database_url().set(database="chatdb_bench_small")
@@ -19,50 +26,14 @@ auth = _sign_in(engine, [t.reader_id])[t.reader_id]
 engine.dispose()
 
 
-def port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-servers = {}
-procs = []
-for name, src in (("before", os.environ["AB_BEFORE_SRC"]), ("after", os.environ["AB_AFTER_SRC"])):
-    p = port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATDB_")}
-    env.update(
-        PYTHONPATH=src,
-        CHATDB_DATABASE_URL=url.set(drivername="postgresql").render_as_string(hide_password=False),
-        CHATDB_ADMIN_KEY=KEY,
-    )
-    procs.append(
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "chatdb.api.main:app_from_environment",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(p),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
+with contextlib.ExitStack() as running:
+    servers = {
+        name: running.enter_context(http.serve(url, KEY, pythonpath=src))
+        for name, src in (
+            ("before", os.environ["AB_BEFORE_SRC"]),
+            ("after", os.environ["AB_AFTER_SRC"]),
         )
-    )
-    servers[name] = f"http://127.0.0.1:{p}"
-try:
-    for base in servers.values():
-        for _ in range(300):
-            try:
-                if httpx2.get(base + "/readyz").status_code == 200:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.1)
+    }
     calls = {
         "last 50 messages (token)": (
             "GET",
@@ -101,8 +72,3 @@ try:
             f"{label:28s} before p50 {q['before'][0]:.2f} p99 {q['before'][1]:.1f} | after p50 {q['after'][0]:.2f} p99 {q['after'][1]:.1f} | after/before p50 {q['after'][0] / q['before'][0]:.2f}",
             flush=True,
         )
-finally:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait()

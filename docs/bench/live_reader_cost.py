@@ -8,9 +8,7 @@ the variants alternate, so load on the machine falls on all alike.
         # OLD_SRC: the src/ of an older checkout, run as a third variant
 """
 
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -57,30 +55,10 @@ if len(sys.argv) > 2:
 results: dict[str, dict[str, list[float]]] = {v: {"sends": [], "reads": []} for v in variants}
 for round_ in range(rounds):
     for name, (path, module) in variants.items():
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATDB_")}
-        env.update(
-            PYTHONPATH=path,
-            CHATDB_DATABASE_URL=url.set(drivername="postgresql").render_as_string(
-                hide_password=False
-            ),
-            CHATDB_ADMIN_KEY=KEY,
-        )
-        port = http._free_port()
-        command = [sys.executable, "-m", "uvicorn", f"{module}:app_from_environment", "--factory"]
-        command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-        with tempfile.TemporaryFile() as log:
-            server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                command, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-            base = f"http://127.0.0.1:{port}"
-            try:
-                http._wait_ready(base, server, log)
-                for kind, calls in (("sends", sends), ("reads", reads)):
-                    stats, _ = http.load(base, calls, 8, Budget(3000, 8.0, 100))
-                    results[name][kind].append(stats.throughput)
-            finally:
-                server.terminate()
-                server.wait()
+        with http.serve(url, KEY, module=module, pythonpath=path or None) as base:
+            for kind, calls in (("sends", sends), ("reads", reads)):
+                stats, _ = http.load(base, calls, 8, Budget(3000, 8.0, 100))
+                results[name][kind].append(stats.throughput)
         print(round_, name, {k: v[-1] for k, v in results[name].items()}, flush=True)
 for name, kinds in results.items():
     medians = {kind: round(statistics.median(values)) for kind, values in kinds.items()}

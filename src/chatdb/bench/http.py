@@ -39,11 +39,21 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(url: URL, admin_key: str, *, workers: int = 1) -> Iterator[str]:
+def serve(
+    url: URL,
+    admin_key: str,
+    *,
+    workers: int = 1,
+    module: str = "chatdb.api.main",
+    pythonpath: str | None = None,
+) -> Iterator[str]:
     """Run `chatdb serve`'s app on the benchmark database, in `workers`
-    processes; yields its base URL."""
+    processes; yields its base URL. `module` and `pythonpath` let a comparison
+    serve another build of the app (an older checkout's src/, a patched app)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATDB_")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     env["CHATDB_DATABASE_URL"] = url.set(drivername="postgresql").render_as_string(
         hide_password=False
     )
@@ -54,7 +64,7 @@ def serve(url: URL, admin_key: str, *, workers: int = 1) -> Iterator[str]:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "chatdb.api.main:app_from_environment",
+                f"{module}:app_from_environment",
                 "--factory",
                 "--host",
                 "127.0.0.1",
