@@ -2,7 +2,6 @@
 
 import re
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -94,17 +93,22 @@ def _is_json(request: Request) -> bool:
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
-@lru_cache(maxsize=8)
 def _paths(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
     """The app's path templates as patterns, with the methods each serves
     (from the OpenAPI document: the routes' own structures are FastAPI's
-    private business)."""
+    private business). Built on the first 405, then kept with the app."""
+    cached: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(
+        app.state, "allowed_methods_by_path", None
+    )
+    if cached is not None:
+        return cached
     patterns = []
     for template, item in app.openapi().get("paths", {}).items():
         # /v1/users/{user_id} matches /v1/users/7: a parameter is one segment.
         pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", template))
         methods = frozenset(m.upper() for m in item if m in _HTTP_METHODS)
         patterns.append((re.compile(pattern), methods))
+    app.state.allowed_methods_by_path = patterns
     return patterns
 
 
