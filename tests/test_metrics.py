@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,8 @@ def test_latency_is_recorded_per_route_template(api: Api) -> None:
 
 def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
     """A page of messages over HTTP is two statements, the token check and the
-    page (membership check and all), in one transaction. (No lifespan here, so
-    the change reader's polls do not mix in.)"""
+    page (membership check and all), with no transaction block: a GET changes
+    nothing. (No lifespan here, so the change reader's polls do not mix in.)"""
     api = Api(TestClient(create_app(fresh_engine, api_settings())))
     alice, bob = api.account("alice"), api.account("bob")
     conversation = api.group(alice, bob)
@@ -94,6 +94,13 @@ def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
     assert response.status_code == 200
     after = scrape(api)
     assert round_trips(after, "statement") - round_trips(before, "statement") == 2
+    for kind in ("begin", "commit", "rollback"):
+        assert round_trips(after, kind) == round_trips(before, kind), kind
+
+    # A send is a write: one transaction, the token check its first statement.
+    before = after
+    api.send(bob, conversation, "hi")
+    after = scrape(api)
     assert round_trips(after, "begin") - round_trips(before, "begin") == 1
     assert round_trips(after, "commit") - round_trips(before, "commit") == 1
     assert round_trips(after, "rollback") == round_trips(before, "rollback")
@@ -101,27 +108,36 @@ def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
 
 def _requests_sent(trace: Path) -> list[str]:
     """What the client sent, one entry per round trip: a simple Query, or the
-    messages of an extended-protocol query up to its Sync. From libpq's trace."""
+    messages of an extended-protocol query up to its Sync. From libpq's trace.
+    A Bind of a prepared statement is shown with the statement's SQL."""
     sent: list[str] = []
     pending: list[str] = []
+    prepared: dict[str, str] = {}
     for line in trace.read_text().splitlines():
         fields = line.split("\t")
         if len(fields) < 3 or fields[0] != "F":
             continue
         kind = fields[2]
-        pending.append(" ".join(fields[2:])[:80])
+        message = " ".join(fields[2:])
+        if parse := re.match(r'Parse\s+"(_pg3_\d+)"\s+(".{0,60})', message):
+            prepared[parse[1]] = parse[2]
+        if bind := re.match(r'Bind\s+""\s+"(_pg3_\d+)"', message):
+            message = f"Bind {prepared.get(bind[1], bind[1])}"
+        pending.append(message[:80])
         if kind in ("Query", "Sync"):
             sent.append(" | ".join(pending))
             pending = []
     return sent
 
 
-def test_a_signed_in_page_request_is_four_round_trips_on_the_wire(
+def test_round_trips_on_the_wire_of_a_read_a_write_and_a_search(
     fresh_database: URL, tmp_path: Path
 ) -> None:
     """Counted where nothing can hide: libpq's trace of every message chatdb's
-    connections send. BEGIN, the token check, the page, COMMIT; no liveness
-    ping, no SET, no second transaction for the token."""
+    connections send. A page (a GET) is the token check and the page, with no
+    BEGIN or COMMIT; a send is one transaction with the token check in it; a
+    search is the token check, then a transaction for its SET LOCAL. No
+    liveness ping, no SET, no second transaction for the token."""
     trace = tmp_path / "libpq.trace"
     engine = make_engine(fresh_database, TEST_SETTINGS)
     with trace.open("w") as out:
@@ -130,24 +146,53 @@ def test_a_signed_in_page_request_is_four_round_trips_on_the_wire(
             dbapi_connection.pgconn.trace(out.fileno())
             dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
 
+        def sent_by(request: Callable[[], int]) -> list[str]:
+            already = len(_requests_sent(trace))
+            assert request() in (200, 201)
+            out.flush()
+            return _requests_sent(trace)[already:]
+
         event.listen(engine, "connect", traced)
         try:
             api = Api(TestClient(create_app(engine, api_settings())))
             alice, bob = api.account("alice"), api.account("bob")
             conversation = api.group(alice, bob)
             api.send(alice, conversation, "hello")
-            # The first page request may connect; the second reuses the pool.
             page = f"/v1/conversations/{conversation}/messages"
-            assert api.client.get(page, headers=bob.auth).status_code == 200
-            already = len(_requests_sent(trace))
-            assert api.client.get(page, headers=bob.auth).status_code == 200
-            sent = _requests_sent(trace)[already:]
+
+            def get_page() -> int:
+                return api.client.get(page, headers=bob.auth).status_code
+
+            def send() -> int:
+                return api.client.post(page, json={"body": "hi"}, headers=bob.auth).status_code
+
+            def search() -> int:
+                return api.client.get(
+                    "/v1/search", params={"q": "hello"}, headers=bob.auth
+                ).status_code
+
+            # Warm: the first request connects, and psycopg prepares a statement
+            # after its fifth run (a Parse of its own). Then each reuses the pool.
+            for _ in range(8):
+                for request in (get_page, send, search):
+                    sent_by(request)
+            read, write, found = sent_by(get_page), sent_by(send), sent_by(search)
         finally:
             engine.dispose()
-    assert len(sent) == 4, "\n".join(sent)
-    assert "BEGIN" in sent[0]
-    assert "auth_tokens" in sent[1]
-    assert "COMMIT" in sent[3]
+    assert len(read) == 2, "\n".join(read)
+    assert "auth_tokens" in read[0]
+    assert "BEGIN" not in read[1]
+
+    assert "BEGIN" in write[0], "\n".join(write)
+    assert "auth_tokens" in write[1]
+    assert "COMMIT" in write[-1]
+    assert sum("BEGIN" in r or "COMMIT" in r for r in write) == 2
+
+    assert len(found) == 5, "\n".join(found)
+    assert "auth_tokens" in found[0]
+    assert "BEGIN" in found[1]
+    assert "querytree" in found[2]  # and its set_config
+    assert "COMMIT" in found[4]
 
 
 @pytest.fixture

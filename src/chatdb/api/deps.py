@@ -19,7 +19,7 @@ from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
 from chatdb.api.metrics import Metrics
 from chatdb.config import Settings
-from chatdb.db import connection_lost, retry_if_connection_lost, session_factory
+from chatdb.db import AUTOCOMMIT, connection_lost, retry_if_connection_lost, session_factory
 from chatdb.replicas import ReadRouter
 from chatdb.security import same_secret
 
@@ -31,66 +31,87 @@ _OPERATOR = 0
 
 @dataclass(slots=True)
 class Database:
-    """The request's way to its transactions.
+    """The request's way to the database.
 
-    A request signed in with a token makes one transaction: the token check
-    opens it (get_principal) and the handler's transaction() continues it, so
-    the check costs one statement, not a transaction of its own."""
+    A signed-in request's token check runs on the connection the handler then
+    uses (get_principal, open_with). In a write request it is the first
+    statement of the handler's transaction, so the check costs no transaction
+    of its own. A GET changes nothing: its token check and reads run without a
+    transaction block (reads()), two round trips fewer than BEGIN ... COMMIT."""
 
     engine: Engine
     router: ReadRouter
     request: Request
     metrics: Metrics | None = None
-    # Opened by the token check, not yet taken by transaction().
+    # Opened by the token check, not yet taken by the handler.
     _opened: Session | None = field(default=None, repr=False)
+
+    @property
+    def changes_nothing(self) -> bool:
+        return self.request.method in _SAFE_METHODS
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """The request's unit of work, on the primary: commit on success, roll
         back on error."""
-        session = self._take_opened()
-        with session:
-            try:
-                yield session
-            except BaseException:
-                session.rollback()
-                raise
-            session.commit()
-            writer = self._caller()
-            if writer is not None and self.router.enabled and self.request.method != "GET":
-                self.router.remember_write(session, writer)
+        session = self._take_opened(autocommit=False, ping=True)
+        with self._committed(session):
+            yield session
 
     @contextmanager
-    def read_transaction(self) -> Iterator[Session]:
-        """For reads that may lag: a replica that has seen the caller's own
-        writes, or the primary. Without replicas, the same as transaction()."""
-        if not self.router.enabled:
+    def reads(self) -> Iterator[Session]:
+        """The handler's reads, on the primary. In a GET, without a transaction
+        block: each statement commits on its own. Under READ COMMITTED each
+        statement of a transaction takes its own snapshot anyway, so the reads
+        see what they would inside one. Not for anything that needs SET LOCAL
+        or a lock held to the end; in other requests, the same as transaction()."""
+        if not self.changes_nothing:
             with self.transaction() as session:
                 yield session
             return
-        # The token was checked on the primary in a transaction of its own: a
-        # replica may not have replayed a revocation yet, so the check cannot
-        # run there (see get_principal).
-        self.close_opened()
-        with self.router.read_transaction(self._caller()) as session:
-            self._connect(session)
+        session = self._take_opened(autocommit=True, ping=True)
+        with session:
             yield session
+
+    @contextmanager
+    def replica_reads(self) -> Iterator[Session]:
+        """For reads that may lag: a replica that has seen the caller's own
+        writes, or the primary. Without replicas, the same as reads()."""
+        if not self.router.enabled:
+            with self.reads() as session:
+                yield session
+            return
+        with self._on_replica() as session:
+            yield session
+
+    def read_retried(self, work: Callable[[Session], T]) -> T:
+        """`work`'s reads in one transaction (a search's SET LOCAL must reach
+        its query): on a replica as replica_reads(), or on the primary, run
+        again there if the connection is lost."""
+        if not self.router.enabled:
+            return self.transaction_retried(work)
+        with self._on_replica() as session:
+            return work(session)
 
     def transaction_retried(self, work: Callable[[Session], T]) -> T:
         """`work` in a transaction, run again if the connection is lost on the
-        way: only for work that is safe to repeat (see retry_if_connection_lost)."""
+        way: only for work that is safe to repeat (see retry_if_connection_lost).
+        A new transaction needs no ping first: a dead connection fails `work`,
+        which is then retried."""
 
         def once() -> T:
-            with self.transaction() as session:
+            session = self._take_opened(autocommit=False, ping=False)
+            with self._committed(session):
                 return work(session)
 
         return retry_if_connection_lost(once)
 
     def open_with(self, first: Callable[[Session], T]) -> T:
-        """Open the request's transaction on the primary by running `first` in
-        it; transaction() then continues it. Returns what `first` returned."""
+        """Open the request's session on the primary by running `first` in it
+        (in a transaction, unless the request is a GET); the handler's
+        transaction() or reads() then continues it. Returns what `first` returned."""
         self.close_opened()
-        self._opened, result = self._begin(first)
+        self._opened, result = self._begin(first, autocommit=self.changes_nothing)
         return result
 
     @property
@@ -98,31 +119,60 @@ class Database:
         return self._opened is not None
 
     def close_opened(self) -> None:
-        """Roll back and let go of a transaction open_with() opened and no
-        handler took (one that failed early, or used no database)."""
+        """Roll back and let go of a session open_with() opened and no handler
+        took (one that failed early, or used no database)."""
         if self._opened is not None:
             session, self._opened = self._opened, None
             session.close()
 
-    def _take_opened(self) -> Session:
+    @contextmanager
+    def _committed(self, session: Session) -> Iterator[None]:
+        with session:
+            try:
+                yield
+            except BaseException:
+                session.rollback()
+                raise
+            session.commit()
+            writer = self._caller()
+            if writer is not None and self.router.enabled and not self.changes_nothing:
+                self.router.remember_write(session, writer)
+
+    @contextmanager
+    def _on_replica(self) -> Iterator[Session]:
+        # The token was checked on the primary: a replica may not have
+        # replayed a revocation yet, so the check cannot run there (see
+        # get_principal).
+        self.close_opened()
+        with self.router.read_transaction(self._caller()) as session:
+            self._connect(session)
+            yield session
+
+    def _take_opened(self, *, autocommit: bool, ping: bool) -> Session:
+        """The session open_with() opened, if it is of the kind asked for;
+        else a new one (the opened one, a GET's, is let go: a GET that needs a
+        transaction takes a new connection for it)."""
         if self._opened is not None:
-            session, self._opened = self._opened, None
-            return session
-        session, _ = self._begin(_ping)
+            if _is_autocommit(self._opened) == autocommit:
+                session, self._opened = self._opened, None
+                return session
+            self.close_opened()
+        if not ping:
+            return self._new_session(autocommit)
+        session, _ = self._begin(_ping, autocommit=autocommit)
         return session
 
-    def _begin(self, first: Callable[[Session], T]) -> tuple[Session, T]:
-        """A new session in a transaction begun by `first`.
+    def _begin(self, first: Callable[[Session], T], *, autocommit: bool) -> tuple[Session, T]:
+        """A new session whose first statement is `first`.
 
         The pool does not ping connections before handing them out (a round
         trip per transaction). After a PostgreSQL restart a pooled connection
-        is dead: `first`, the transaction's first statement, then fails with a
-        disconnect having done nothing, SQLAlchemy has invalidated the whole
-        pool, and one more try on a new connection is safe."""
+        is dead: `first` then fails with a disconnect having done nothing,
+        SQLAlchemy has invalidated the whole pool, and one more try on a new
+        connection is safe."""
         for attempt in (1, 2):
-            session = session_factory(self.engine)()
+            session = self._new_session(autocommit)
             try:
-                self._connect(session)
                 return session, first(session)
             except DBAPIError as exc:
                 session.close()
@@ -133,15 +183,35 @@ class Database:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _connect(self, session: Session) -> None:
-        if self.metrics is not None:
-            # Take the connection now, so time spent waiting for one is seen.
-            with self.metrics.waiting_for_connection():
-                session.connection()
+    def _new_session(self, autocommit: bool) -> Session:
+        """A session with its connection taken. Autocommit is set on it before
+        its first statement, which costs no round trip."""
+        session = session_factory(self.engine)()
+        try:
+            self._connect(session, AUTOCOMMIT if autocommit else None)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def _connect(self, session: Session, options: dict[str, str] | None = None) -> None:
+        # The connection is taken now, so time spent waiting for one is seen.
+        if self.metrics is None:
+            session.connection(execution_options=options)
+            return
+        with self.metrics.waiting_for_connection():
+            session.connection(execution_options=options)
 
     def _caller(self) -> int | None:
         caller: int | None = getattr(self.request.state, "caller_key", None)
         return caller
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _is_autocommit(session: Session) -> bool:
+    return session.connection().get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
 def _ping(session: Session) -> None:

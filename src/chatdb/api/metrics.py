@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.pool import QueuePool
 
 # Milliseconds to seconds: the API's reads take about a millisecond, reports longer.
@@ -58,12 +58,20 @@ class Metrics:
 
             return listener
 
+        def count_sent(child: Any) -> Any:
+            # With autocommit, psycopg sends no BEGIN, COMMIT or ROLLBACK at all.
+            def listener(connection: Connection) -> None:
+                if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                    child.inc()
+
+            return listener
+
         # Kept on the object: SQLAlchemy holds listeners weakly only when asked to.
         self._listeners = [
             ("before_cursor_execute", count(statements)),
-            ("begin", count(begins)),
-            ("commit", count(commits)),
-            ("rollback", count(rollbacks)),
+            ("begin", count_sent(begins)),
+            ("commit", count_sent(commits)),
+            ("rollback", count_sent(rollbacks)),
         ]
         for name, listener in self._listeners:
             event.listen(engine, name, listener)

@@ -12,7 +12,7 @@ from chatdb.api import schemas
 from chatdb.api.deps import AppSettings, Caller, Cursors, Db, Principal
 from chatdb.api.errors import ApiError
 from chatdb.errors import Invalid
-from chatdb.store.types import Conversation, Member, Message, SendResult, User
+from chatdb.store.types import Conversation, Member, Message, SearchPage, SendResult, User
 
 router = APIRouter(prefix="/v1")
 
@@ -175,7 +175,7 @@ def sign_out(caller: Caller, db: Db) -> Response:
 @router.get("/me", responses=_ERRORS, tags=["users"])
 def me(caller: Caller, db: Db) -> schemas.UserOut:
     user_id = caller.require_user()
-    with db.transaction() as session:
+    with db.reads() as session:
         return user_out(store.get_user(session=session, user_id=user_id), caller)
 
 
@@ -197,7 +197,7 @@ def create_user(body: schemas.UserCreate, caller: Caller, db: Db) -> schemas.Use
 
 @router.get("/users/{user_id}", responses=_ERRORS, tags=["users"])
 def get_user(user_id: UserId, caller: Caller, db: Db) -> schemas.UserOut:
-    with db.transaction() as session:
+    with db.reads() as session:
         return user_out(store.get_user(session=session, user_id=user_id), caller)
 
 
@@ -280,7 +280,7 @@ def inbox(
     """The caller's inbox: newest activity first, last message, unread count."""
     user_id = caller.require_user()
     before = cursors.parse_inbox(cursor)
-    with db.read_transaction() as session:
+    with db.replica_reads() as session:
         page = store.inbox(session=session, user_id=user_id, before=before, limit=limit)
     return schemas.InboxPageOut(
         entries=[
@@ -294,7 +294,7 @@ def inbox(
 def get_conversation(
     conversation_id: ConversationId, caller: Caller, db: Db
 ) -> schemas.ConversationOut:
-    with db.transaction() as session:
+    with db.reads() as session:
         return conversation_out(
             store.get_conversation(
                 session=session, conversation_id=conversation_id, actor_id=caller.actor_id
@@ -360,7 +360,7 @@ def list_members(
     after: Annotated[int, Query(ge=0, le=schemas.BIGINT_MAX)] = 0,
 ) -> list[schemas.MemberOut]:
     """Members in user id order; the next page is `after=<last user_id>`."""
-    with db.transaction() as session:
+    with db.reads() as session:
         members = store.list_members(
             session=session,
             conversation_id=conversation_id,
@@ -449,7 +449,7 @@ def list_messages(
     limit: Limit = 50,
 ) -> schemas.MessagePageOut:
     """A page of messages in seq order: the newest by default, or `before`/`after` a seq."""
-    with db.read_transaction() as session:
+    with db.replica_reads() as session:
         page = store.list_messages(
             session=session,
             conversation_id=conversation_id,
@@ -537,7 +537,7 @@ def send_message(
 def get_message(
     conversation_id: ConversationId, seq: MessageSeq, caller: Caller, db: Db
 ) -> schemas.MessageOut:
-    with db.read_transaction() as session:
+    with db.replica_reads() as session:
         return message_out(
             store.get_message(
                 session=session,
@@ -627,7 +627,7 @@ def list_replies(
 ) -> schemas.ThreadPageOut:
     """A thread: the message and its replies, oldest first; the next page is
     `after=<the last reply's seq>`."""
-    with db.read_transaction() as session:
+    with db.replica_reads() as session:
         page = store.list_replies(
             session=session,
             conversation_id=conversation_id,
@@ -725,7 +725,7 @@ def list_changes(
 ) -> schemas.ChangePageOut:
     """Catch up over plain HTTP: the conversation's changes after change_seq `since`.
     The log keeps CHATDB_CHANGE_RETENTION_DAYS; past that, 410 Gone."""
-    with db.read_transaction() as session:
+    with db.replica_reads() as session:
         page = store.changes_since(
             session=session,
             conversation_id=conversation_id,
@@ -761,8 +761,9 @@ def search(
     first among equals), with the matching words marked in `snippet`."""
     after_hit = cursors.parse_search(cursor)
     mentioned = caller.require_user() if mentions else None
-    with db.read_transaction() as session:
-        page = store.search_messages(
+
+    def run(session: Session) -> SearchPage:
+        return store.search_messages(
             session=session,
             q=q,
             actor_id=caller.actor_id,
@@ -774,6 +775,9 @@ def search(
             limit=limit,
             mentioning=mentioned,
         )
+
+    # A read, safe to run again on a new connection if its own is lost.
+    page = db.read_retried(run)
     return schemas.SearchPageOut(
         results=[
             schemas.SearchHitOut(
@@ -804,7 +808,7 @@ def activity_report(
     caller.require_admin()
     last = end or datetime.now(UTC).date()
     first = start or last - timedelta(days=29)
-    with db.read_transaction() as session:
+    with db.replica_reads() as session:
         rows = store.activity(session=session, start=first, end=last, tz=tz, user_id=user_id)
     return [schemas.ActivityRowOut.model_validate(r, from_attributes=True) for r in rows]
 
@@ -821,7 +825,7 @@ def inactive_report(
     """Users with no message in `days` days, never-senders included (admin key)."""
     caller.require_admin()
     after_id = int(cursors.decode("inactive", cursor)) if cursor is not None else 0
-    with db.read_transaction() as session:
+    with db.replica_reads() as session:
         page = store.inactive_users(session=session, days=days, after_id=after_id, limit=limit)
     return schemas.InactivePageOut(
         users=[schemas.InactiveUserOut.model_validate(u, from_attributes=True) for u in page.users],

@@ -112,7 +112,7 @@ def find_users(
     zero or one. Signed-in users only; the email is shown only to its owner."""
     if not _USERNAME.fullmatch(username):
         return []  # no account can have this name (and NUL cannot reach PostgreSQL)
-    with db.transaction() as session:
+    with db.reads() as session:
         try:
             user = store.get_user_by_username(session=session, username=username)
         except NotFound:

@@ -4,7 +4,8 @@ operation at three levels in the same run.
 - floor: the same SQL through bare psycopg, a prepared statement on an
   autocommit connection (one round trip, no ORM, no transaction block); and
   the same with the round trips a transaction adds (BEGIN, COMMIT);
-- data layer: the store function in a transaction, as the API calls it;
+- data layer: the store function as the API calls it: a read without a
+  transaction block (db.reads), a search or a send in a transaction;
 - HTTP: the real app under uvicorn, with 1, 8 and 32 concurrent clients.
 
 chatdb's figures are reported as ratios to the floor taken minutes earlier on
@@ -32,7 +33,7 @@ from chatdb.bench import http
 from chatdb.bench.dataset import Dataset
 from chatdb.bench.measure import Budget, Stats, time_calls, time_concurrent
 from chatdb.config import Settings
-from chatdb.db import make_engine, psycopg_conninfo, transaction
+from chatdb.db import make_engine, psycopg_conninfo, reads, transaction
 from chatdb.store.messages import SEND_SQL
 
 Progress = Callable[[str], None]
@@ -156,6 +157,8 @@ class ReadOp:
     http: http.HttpCall | None
     # Planned for its values on every run, as the store plans searches (see
     # store.search_messages); else the floor's prepared statement goes generic.
+    # The store does it with SET LOCAL, so these run in a transaction; other
+    # reads run without one, as the API runs them.
     custom_plans: bool = False
 
 
@@ -386,15 +389,18 @@ def floor_with_round_trips(
 def sqlalchemy_floor(
     engine: Engine, statement: ClauseElement, *, custom_plans: bool
 ) -> Callable[[], object]:
-    """The same statement through a SQLAlchemy session in a transaction, rows
-    fetched as they come: what the stack chatdb is built on costs before any of
+    """The same statement through a SQLAlchemy session, rows fetched as they
+    come, run as the data layer runs it (a search in a transaction, other
+    reads without one): what the stack chatdb is built on costs before any of
     chatdb's own Python runs. What is left between this and the data layer is
     chatdb's."""
 
     def call() -> object:
+        if not custom_plans:
+            with reads(engine) as session:
+                return session.execute(cast(Executable, statement)).all()
         with transaction(engine) as session:
-            if custom_plans:
-                session.execute(_CUSTOM_PLANS)
+            session.execute(_CUSTOM_PLANS)
             return session.execute(cast(Executable, statement)).all()
 
     return call
@@ -403,9 +409,13 @@ def sqlalchemy_floor(
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
-def store_call(engine: Engine, op: Callable[[Session], object]) -> Callable[[], object]:
+def store_call(
+    engine: Engine, op: Callable[[Session], object], *, in_transaction: bool = True
+) -> Callable[[], object]:
+    unit = transaction if in_transaction else reads
+
     def call() -> object:
-        with transaction(engine) as session:
+        with unit(engine) as session:
             return op(session)
 
     return call
@@ -518,7 +528,9 @@ def run(
             budget = budgets.slow if slow else budgets.read
             bare = floor_custom if op.custom_plans else floor
             floor_stats = time_calls(floor_call(bare, sql, params), budget)
-            store_stats = time_calls(store_call(engine, op.call), budget)
+            store_stats = time_calls(
+                store_call(engine, op.call, in_transaction=op.custom_plans), budget
+            )
             round_trips = time_calls(floor_with_round_trips(bare, sql, params), budget)
             framework = time_calls(
                 sqlalchemy_floor(engine, op.statement, custom_plans=op.custom_plans), budget
