@@ -82,8 +82,8 @@ def test_the_first_request_of_any_kind_after_the_connections_die_succeeds(
     api: Api, fresh_database: URL, first_request: str
 ) -> None:
     """Requests without a token check to begin with (the admin key, signing in,
-    /readyz) must survive a dead pool as well as those with one; so must a
-    search, whose transaction begins with no ping and is run again instead."""
+    /readyz) must survive a dead pool as well as those with one, and so must a
+    search, which reads in a transaction where other GETs read without one."""
     alice = api.account("alice")
     _drop_every_connection(fresh_database)
     if first_request == "token":

@@ -22,16 +22,3 @@ def test_reads_run_each_statement_on_its_own_and_a_transaction_does_not(
         # The pooled connection reads() used is back to transactions.
         assert not session.connection().connection.dbapi_connection.autocommit  # type: ignore[union-attr]
     assert first == second
-
-
-def test_reads_see_what_was_committed_before_each_statement(fresh_engine: Engine) -> None:
-    """What READ COMMITTED gives a transaction's statements too: each sees the
-    commits made before it began."""
-    count = text("SELECT count(*) FROM users")
-    with reads(fresh_engine) as session:
-        before = session.execute(count).scalar_one()
-        with transaction(fresh_engine) as writer:
-            writer.execute(
-                text("INSERT INTO users (username, email) VALUES ('carol', 'carol@example.com')")
-            )
-        assert session.execute(count).scalar_one() == before + 1

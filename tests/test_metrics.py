@@ -135,9 +135,9 @@ def test_round_trips_on_the_wire_of_a_read_a_write_and_a_search(
 ) -> None:
     """Counted where nothing can hide: libpq's trace of every message chatdb's
     connections send. A page (a GET) is the token check and the page, with no
-    BEGIN or COMMIT; a send is one transaction with the token check in it; a
-    search is the token check, then a transaction for its SET LOCAL. No
-    liveness ping, no SET, no second transaction for the token."""
+    BEGIN or COMMIT; a send is one transaction with the token check in it, and
+    so is a search (its SET LOCAL needs one). No liveness ping, no SET, no
+    second transaction for the token."""
     trace = tmp_path / "libpq.trace"
     engine = make_engine(fresh_database, TEST_SETTINGS)
     with trace.open("w") as out:
@@ -189,8 +189,8 @@ def test_round_trips_on_the_wire_of_a_read_a_write_and_a_search(
     assert sum("BEGIN" in r or "COMMIT" in r for r in write) == 2
 
     assert len(found) == 5, "\n".join(found)
-    assert "auth_tokens" in found[0]
-    assert "BEGIN" in found[1]
+    assert "BEGIN" in found[0]
+    assert "auth_tokens" in found[1]
     assert "querytree" in found[2]  # and its set_config
     assert "COMMIT" in found[4]
 

@@ -3,6 +3,8 @@ so load on the machine falls on both alike.
 
     AB_BEFORE_SRC=/old/checkout/src AB_AFTER_SRC=/new/checkout/src \
         python docs/bench/ab_compare.py   # on the server chatdb uses, after `chatdb bench --size small`
+
+AB_SIZE=large reads the large set instead; AB_N requests each (600).
 """
 
 import contextlib
@@ -19,7 +21,7 @@ from chatdb.config import Settings
 from chatdb.db import database_url, make_engine
 
 KEY = "ab-admin-key-0123456789abcdef"
-url = database_url().set(database="chatdb_bench_small")
+url = database_url().set(database=f"chatdb_bench_{os.environ.get('AB_SIZE', 'small')}")
 t = pick_targets(url, 8)
 engine = make_engine(url, Settings(pool_size=2))
 auth = _sign_in(engine, [t.reader_id])[t.reader_id]
@@ -42,6 +44,7 @@ with contextlib.ExitStack() as running:
             200,
         ),
         "inbox first page (token)": ("GET", "/v1/conversations", auth, 200),
+        "search (token)": ("GET", "/v1/search?q=invoice", auth, 200),
         "inactive users (admin key)": (
             "GET",
             "/v1/reports/inactive",

@@ -34,27 +34,26 @@ class Database:
     """The request's way to the database.
 
     A signed-in request's token check runs on the connection the handler then
-    uses (get_principal, open_with). In a write request it is the first
-    statement of the handler's transaction, so the check costs no transaction
-    of its own. A GET changes nothing: its token check and reads run without a
-    transaction block (reads()), two round trips fewer than BEGIN ... COMMIT."""
+    uses (get_principal, open_with). In a write it is the first statement of
+    the handler's transaction, so the check costs no transaction of its own. A
+    GET changes nothing: its token check and reads run without a transaction
+    block (reads()), two round trips fewer than BEGIN ... COMMIT, unless its
+    endpoint is marked reads_in_one_transaction."""
 
     engine: Engine
     router: ReadRouter
     request: Request
     metrics: Metrics | None = None
+    # Statements commit one by one (see reads()).
+    autocommit_reads: bool = False
     # Opened by the token check, not yet taken by the handler.
     _opened: Session | None = field(default=None, repr=False)
-
-    @property
-    def changes_nothing(self) -> bool:
-        return self.request.method in _SAFE_METHODS
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """The request's unit of work, on the primary: commit on success, roll
         back on error."""
-        session = self._take_opened(autocommit=False, ping=True)
+        session = self._take_opened(autocommit=False)
         with self._committed(session):
             yield session
 
@@ -65,11 +64,11 @@ class Database:
         statement of a transaction takes its own snapshot anyway, so the reads
         see what they would inside one. Not for anything that needs SET LOCAL
         or a lock held to the end; in other requests, the same as transaction()."""
-        if not self.changes_nothing:
+        if not self.autocommit_reads:
             with self.transaction() as session:
                 yield session
             return
-        session = self._take_opened(autocommit=True, ping=True)
+        session = self._take_opened(autocommit=True)
         with session:
             yield session
 
@@ -84,34 +83,34 @@ class Database:
         with self._on_replica() as session:
             yield session
 
-    def read_retried(self, work: Callable[[Session], T]) -> T:
-        """`work`'s reads in one transaction (a search's SET LOCAL must reach
-        its query): on a replica as replica_reads(), or on the primary, run
-        again there if the connection is lost."""
+    @contextmanager
+    def read_transaction(self) -> Iterator[Session]:
+        """Reads in one transaction, for an endpoint marked
+        reads_in_one_transaction: on a replica as replica_reads(), or on the
+        primary as transaction()."""
         if not self.router.enabled:
-            return self.transaction_retried(work)
+            with self.transaction() as session:
+                yield session
+            return
         with self._on_replica() as session:
-            return work(session)
+            yield session
 
     def transaction_retried(self, work: Callable[[Session], T]) -> T:
         """`work` in a transaction, run again if the connection is lost on the
-        way: only for work that is safe to repeat (see retry_if_connection_lost).
-        A new transaction needs no ping first: a dead connection fails `work`,
-        which is then retried."""
+        way: only for work that is safe to repeat (see retry_if_connection_lost)."""
 
         def once() -> T:
-            session = self._take_opened(autocommit=False, ping=False)
-            with self._committed(session):
+            with self.transaction() as session:
                 return work(session)
 
         return retry_if_connection_lost(once)
 
     def open_with(self, first: Callable[[Session], T]) -> T:
         """Open the request's session on the primary by running `first` in it
-        (in a transaction, unless the request is a GET); the handler's
+        (in a transaction, unless autocommit_reads); the handler's
         transaction() or reads() then continues it. Returns what `first` returned."""
         self.close_opened()
-        self._opened, result = self._begin(first, autocommit=self.changes_nothing)
+        self._opened, result = self._begin(first, autocommit=self.autocommit_reads)
         return result
 
     @property
@@ -135,7 +134,7 @@ class Database:
                 raise
             session.commit()
             writer = self._caller()
-            if writer is not None and self.router.enabled and not self.changes_nothing:
+            if writer is not None and self.router.enabled and self.request.method != "GET":
                 self.router.remember_write(session, writer)
 
     @contextmanager
@@ -148,17 +147,15 @@ class Database:
             self._connect(session)
             yield session
 
-    def _take_opened(self, *, autocommit: bool, ping: bool) -> Session:
+    def _take_opened(self, *, autocommit: bool) -> Session:
         """The session open_with() opened, if it is of the kind asked for;
-        else a new one (the opened one, a GET's, is let go: a GET that needs a
-        transaction takes a new connection for it)."""
+        else a new one. (A GET endpoint that asks for a transaction without
+        being marked reads_in_one_transaction gets one, on a second connection.)"""
         if self._opened is not None:
             if _is_autocommit(self._opened) == autocommit:
                 session, self._opened = self._opened, None
                 return session
             self.close_opened()
-        if not ping:
-            return self._new_session(autocommit)
         session, _ = self._begin(_ping, autocommit=autocommit)
         return session
 
@@ -207,9 +204,6 @@ class Database:
         return caller
 
 
-_SAFE_METHODS = frozenset({"GET", "HEAD"})
-
-
 def _is_autocommit(session: Session) -> bool:
     return session.connection().get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
@@ -243,6 +237,20 @@ class Principal:
             raise ApiError(403, "admin_required", "this needs the admin key")
 
 
+# GET endpoints whose reads need one transaction.
+_IN_ONE_TRANSACTION: set[Callable[..., object]] = set()
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., object])
+
+
+def reads_in_one_transaction(endpoint: Endpoint) -> Endpoint:
+    """Mark a GET endpoint whose reads need one transaction (a search's SET
+    LOCAL must reach its query): its token check then begins the transaction,
+    as a write's does, and the handler continues it with read_transaction()."""
+    _IN_ONE_TRANSACTION.add(endpoint)
+    return endpoint
+
+
 # The dependencies that do no I/O are async: a sync one costs a worker-thread hop.
 async def get_database(request: Request) -> Database:
     return Database(
@@ -250,6 +258,8 @@ async def get_database(request: Request) -> Database:
         request.app.state.read_router,
         request,
         request.app.state.metrics,
+        autocommit_reads=request.method == "GET"
+        and request.scope.get("endpoint") not in _IN_ONE_TRANSACTION,
     )
 
 
@@ -276,11 +286,12 @@ async def get_principal(
     database: Annotated[Database, Depends(get_database)],
     settings: Annotated[Settings, Depends(get_settings_dep)],
 ) -> AsyncIterator[Principal]:
-    """The caller. A token is checked as the first statement of the request's
-    own transaction (Database.open_with), always on the primary: revoking a
-    token is a write there, and a replica that has not replayed it yet would
-    still accept the token. With replicas, a read that goes to one therefore
-    makes a second transaction; without them, a request makes one."""
+    """The caller. A token is checked on the request's own connection, as the
+    first statement of its transaction or, in a GET, of its reads
+    (Database.open_with), always on the primary: revoking a token is a write
+    there, and a replica that has not replayed it yet would still accept the
+    token. With replicas, a read that goes to one therefore takes a second
+    connection; without them, a request takes one."""
     if credentials is None or not credentials.credentials:
         raise ApiError(
             401,
@@ -296,7 +307,7 @@ async def get_principal(
     if len(token) > 512:
         raise ApiError(401, "unauthenticated", "the token is not valid", _UNAUTHENTICATED)
     # Async, so that only the database work takes a worker thread (the admin
-    # key, a refusal and a handler that took the transaction take none).
+    # key, a refusal and a handler that took the session take none).
     try:
         user_id = await run_in_threadpool(database.open_with, partial(_user_for_token, token=token))
         if user_id is None:
@@ -306,7 +317,7 @@ async def get_principal(
         request.state.caller_key = user_id
         yield Principal(user_id=user_id, is_admin=False, token=token)
     finally:
-        # Left open only if the handler made no transaction (or failed first).
+        # Left open only if the handler used no database (or failed first).
         if database.has_opened:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(database.close_opened)
@@ -318,7 +329,7 @@ def _user_for_token(session: Session, *, token: str) -> int | None:
 
 Db = Annotated[Database, Depends(get_database)]
 # Torn down when the handler returns, before the response goes out: a stream
-# (/v1/events) must not keep the token check's transaction open while it runs.
+# (/v1/events) must not keep the token check's connection while it runs.
 Caller = Annotated[Principal, Depends(get_principal, scope="function")]
 Cursors = Annotated[CursorCodec, Depends(get_cursors)]
 AppSettings = Annotated[Settings, Depends(get_settings_dep)]

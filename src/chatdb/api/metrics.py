@@ -33,8 +33,8 @@ class Metrics:
         )
         self.round_trips = Counter(
             "chatdb_db_round_trips",
-            "Round trips to PostgreSQL as SQLAlchemy reports them: statements, and the "
-            "begin, commit and rollback of transactions.",
+            "Round trips to PostgreSQL: statements, and the begin, commit and rollback "
+            "of transactions (none for statements run without a transaction block).",
             ("kind",),
             registry=self.registry,
         )

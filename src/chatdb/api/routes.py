@@ -1,5 +1,5 @@
-"""The /v1 resources. Each handler parses, authorizes, opens one transaction,
-calls the store and renders; no SQL here."""
+"""The /v1 resources. Each handler parses, authorizes, opens one transaction
+(a GET: its reads, see Database.reads), calls the store and renders; no SQL here."""
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 
 from chatdb import store
 from chatdb.api import schemas
-from chatdb.api.deps import AppSettings, Caller, Cursors, Db, Principal
+from chatdb.api.deps import AppSettings, Caller, Cursors, Db, Principal, reads_in_one_transaction
 from chatdb.api.errors import ApiError
 from chatdb.errors import Invalid
-from chatdb.store.types import Conversation, Member, Message, SearchPage, SendResult, User
+from chatdb.store.types import Conversation, Member, Message, SendResult, User
 
 router = APIRouter(prefix="/v1")
 
@@ -742,6 +742,7 @@ def list_changes(
 
 
 @router.get("/search", responses=_ERRORS, tags=["search"])
+@reads_in_one_transaction
 def search(
     caller: Caller,
     db: Db,
@@ -761,9 +762,8 @@ def search(
     first among equals), with the matching words marked in `snippet`."""
     after_hit = cursors.parse_search(cursor)
     mentioned = caller.require_user() if mentions else None
-
-    def run(session: Session) -> SearchPage:
-        return store.search_messages(
+    with db.read_transaction() as session:
+        page = store.search_messages(
             session=session,
             q=q,
             actor_id=caller.actor_id,
@@ -775,9 +775,6 @@ def search(
             limit=limit,
             mentioning=mentioned,
         )
-
-    # A read, safe to run again on a new connection if its own is lost.
-    page = db.read_retried(run)
     return schemas.SearchPageOut(
         results=[
             schemas.SearchHitOut(

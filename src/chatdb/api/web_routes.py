@@ -4,8 +4,8 @@ username, to start a conversation or add a member).
 
 The files are mounted under /web/ rather than at /: a mount at / would match
 every path, and answer a wrong method on an API route with its own 404 or 405
-instead of the API's. Like every handler: parse, authorize, one transaction,
-call the store, render.
+instead of the API's. Like every handler: parse, authorize, one transaction
+(a GET: its reads), call the store, render.
 """
 
 import re

@@ -376,8 +376,8 @@ def floor_call(
 def floor_with_round_trips(
     conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
 ) -> Callable[[], Any]:
-    """The floor plus the round trips a transaction adds: BEGIN and COMMIT.
-    What is left between this and the data layer is Python."""
+    """The floor plus the round trips a transaction adds: BEGIN and COMMIT,
+    what a search or a send pays and a plain read (run without one) does not."""
 
     def call() -> Any:
         with conn.transaction():
