@@ -179,6 +179,10 @@ def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = 
     connect_args["options"] = " ".join(options)
     engine = create_engine(
         url,
+        # What chatdb's concurrency reasoning assumes (see reads()), whatever the
+        # server's default_transaction_isolation; SQLAlchemy sets it again on a
+        # connection that ran with another level (reads(), the live-update hub).
+        isolation_level="READ COMMITTED",
         pool_size=settings.pool_size,
         max_overflow=settings.pool_max_overflow,
         pool_timeout=settings.pool_timeout_seconds,
