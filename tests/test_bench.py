@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
+from chatdb.bench.measure import Budget, time_interleaved
 from tests.conftest import drop_database
 from tests.test_cli import base_env, run_chatdb
 
@@ -130,3 +131,17 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     assert second["writes"]["send"]["http"] == {}
     assert second["targets"]["http_workers"] is None
     assert second["http_no_database"] == {}
+
+
+def test_interleaved_timing_takes_the_calls_in_turn_in_changing_orders() -> None:
+    """Each call is timed once per round, in a new order each round, so a drift
+    of the machine's speed falls on all of them alike. (No time is asserted.)"""
+    made: list[str] = []
+    calls = {name: (lambda name=name: made.append(name)) for name in ("a", "b", "c")}
+    stats = time_interleaved(calls, Budget(samples=20, seconds=60, warmup=2))
+    assert made[:6] == ["a", "a", "b", "b", "c", "c"]  # the warm-up, call by call
+    rounds = [tuple(made[i : i + 3]) for i in range(6, len(made), 3)]
+    assert len(rounds) == 20
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert len(set(rounds)) > 1
+    assert {name: s.samples for name, s in stats.items()} == {"a": 20, "b": 20, "c": 20}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -87,6 +88,31 @@ def time_calls(call: Callable[[], object], budget: Budget) -> Stats:
         if t1 > deadline and len(latencies) >= budget.min_samples:
             break
     return summarize(latencies, (clock() - started) / 1e9, 1)
+
+
+def time_interleaved(calls: dict[str, Callable[[], object]], budget: Budget) -> dict[str, Stats]:
+    """One caller, the calls taken in turn, in a new random order each round, so
+    whatever the machine does meanwhile falls on all of them alike: their
+    ratios are then fair even when its speed drifts. Each gets `budget` (its
+    samples; the seconds are per call, as time_calls gives each). A call's
+    throughput is per second of its own time."""
+    for call in calls.values():
+        for _ in range(budget.warmup):
+            call()
+    latencies: dict[str, list[int]] = {name: [] for name in calls}
+    order = list(calls)
+    shuffle = random.Random(len(order)).shuffle  # noqa: S311 - an order, not a secret
+    clock = time.perf_counter_ns
+    deadline = clock() + int(budget.seconds * len(calls) * 1e9)
+    for _ in range(budget.samples):
+        shuffle(order)
+        for name in order:
+            t0 = clock()
+            calls[name]()
+            latencies[name].append(clock() - t0)
+        if clock() > deadline and len(latencies[order[0]]) >= budget.min_samples:
+            break
+    return {name: summarize(v, sum(v) / 1e9, 1) for name, v in latencies.items()}
 
 
 def time_concurrent(

@@ -8,8 +8,9 @@ operation at three levels in the same run.
   transaction block (db.reads), a search or a send in a transaction;
 - HTTP: the real app under uvicorn, with 1, 8 and 32 concurrent clients.
 
-chatdb's figures are reported as ratios to the floor taken minutes earlier on
-the same machine, so runs on a noisy machine stay comparable.
+chatdb's figures are reported as ratios to the floor. A read's floors and its
+data layer are timed in turn in one loop (time_interleaved), so a drift of the
+machine's speed falls on all alike; HTTP and sends are timed after them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from chatdb import store
 from chatdb.bench import http
 from chatdb.bench.dataset import Dataset
-from chatdb.bench.measure import Budget, Stats, time_calls, time_concurrent
+from chatdb.bench.measure import Budget, Stats, time_calls, time_concurrent, time_interleaved
 from chatdb.config import Settings
 from chatdb.db import make_engine, psycopg_conninfo, reads, transaction
 from chatdb.store.messages import SEND_SQL
@@ -527,14 +528,19 @@ def run(
             slow = _is_slow(op.name, quick)
             budget = budgets.slow if slow else budgets.read
             bare = floor_custom if op.custom_plans else floor
-            floor_stats = time_calls(floor_call(bare, sql, params), budget)
-            store_stats = time_calls(
-                store_call(engine, op.call, in_transaction=op.custom_plans), budget
+            timed = time_interleaved(
+                {
+                    "floor": floor_call(bare, sql, params),
+                    "data layer": store_call(engine, op.call, in_transaction=op.custom_plans),
+                    "round trips": floor_with_round_trips(bare, sql, params),
+                    "framework": sqlalchemy_floor(
+                        engine, op.statement, custom_plans=op.custom_plans
+                    ),
+                },
+                budget,
             )
-            round_trips = time_calls(floor_with_round_trips(bare, sql, params), budget)
-            framework = time_calls(
-                sqlalchemy_floor(engine, op.statement, custom_plans=op.custom_plans), budget
-            )
+            floor_stats, store_stats = timed["floor"], timed["data layer"]
+            round_trips, framework = timed["round trips"], timed["framework"]
             connections = FloorConnections(url, custom_plans=op.custom_plans)
             try:
                 floor_parallel = time_concurrent(
