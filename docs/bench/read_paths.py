@@ -2,7 +2,8 @@
 step timed in the same loop in random order, so load on the machine falls on
 all alike:
 
-- bare: psycopg, a prepared statement on an autocommit connection (the floor);
+- bare: psycopg, a prepared statement on an autocommit connection set up as
+  chatdb's are (the benchmark's floor);
 - SQLAlchemy connection: the same statement on a pooled Connection with
   isolation_level AUTOCOMMIT, rows fetched;
 - SQLAlchemy session: the same in a Session, as chatdb.db.reads() opens it;
@@ -21,12 +22,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
 from chatdb import store
-from chatdb.bench.run import INACTIVE_PAGE, INBOX_PAGE, MESSAGE_PAGE, compile_sql, pick_targets
+from chatdb.bench.run import (
+    INACTIVE_PAGE,
+    INBOX_PAGE,
+    MESSAGE_PAGE,
+    _floor_connection,
+    compile_sql,
+    pick_targets,
+)
 from chatdb.config import Settings
-from chatdb.db import AUTOCOMMIT, database_url, make_engine, psycopg_conninfo, reads
+from chatdb.db import AUTOCOMMIT, database_url, make_engine, reads
 
 size = sys.argv[1] if len(sys.argv) > 1 else "small"
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
@@ -35,7 +41,7 @@ WARM_UP = 300
 url = database_url().set(database=f"chatdb_bench_{size}")
 t = pick_targets(url, 8)
 engine = make_engine(url, Settings(pool_size=2))
-bare = psycopg.connect(psycopg_conninfo(url), autocommit=True)
+bare = _floor_connection(url)
 c, reader = t.conversation_id, t.reader_id
 before = t.conversation_messages - t.depth + 1
 inbox_user = t.inbox_users.get("500", next(iter(t.inbox_users.values())))[0]
