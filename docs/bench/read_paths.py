@@ -1,6 +1,6 @@
-"""Where a read's time goes between the bare driver and the data layer, each
-step timed in the same loop in random order, so load on the machine falls on
-all alike:
+"""Where a read's time goes between the bare driver and the data layer: the
+benchmark's own reads, each step timed in turn in one loop, in random order
+(bench.measure.time_interleaved), so load on the machine falls on all alike:
 
 - bare: psycopg, a prepared statement on an autocommit connection set up as
   chatdb's are (the benchmark's floor);
@@ -14,111 +14,65 @@ all alike:
 """
 
 import json
-import random
-import statistics
 import sys
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from chatdb import store
+from chatdb.bench.measure import Budget, time_interleaved
 from chatdb.bench.run import (
-    INACTIVE_PAGE,
-    INBOX_PAGE,
-    MESSAGE_PAGE,
     _floor_connection,
     compile_sql,
+    floor_call,
     pick_targets,
+    read_ops,
+    sqlalchemy_floor,
+    store_call,
 )
 from chatdb.config import Settings
-from chatdb.db import AUTOCOMMIT, database_url, make_engine, reads
+from chatdb.db import AUTOCOMMIT, database_url, make_engine
 
 size = sys.argv[1] if len(sys.argv) > 1 else "small"
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
-WARM_UP = 300
+# Each call `rounds` times after 300 of warm-up, however long that takes.
+budget = Budget(samples=rounds, seconds=3600, warmup=300)
+READS = ("last_50", "deep_page", "inbox_500", "inactive_30d")
 
 url = database_url().set(database=f"chatdb_bench_{size}")
 t = pick_targets(url, 8)
+users = {t.reader_id, *(u for u, _ in t.inbox_users.values())}
+ops = [op for op in read_ops(t, {u: {} for u in users}, {}) if op.name in READS]
 engine = make_engine(url, Settings(pool_size=2))
 bare = _floor_connection(url)
-c, reader = t.conversation_id, t.reader_id
-before = t.conversation_messages - t.depth + 1
-inbox_user = t.inbox_users.get("500", next(iter(t.inbox_users.values())))[0]
-moment = datetime.now(UTC)
-
-reads_to_time: dict[str, tuple[Any, Callable[[Any], object]]] = {
-    "last 50 messages": (
-        store.page_statement(c, limit=MESSAGE_PAGE, actor_id=reader),
-        lambda s: store.list_messages(
-            session=s, conversation_id=c, limit=MESSAGE_PAGE, actor_id=reader
-        ),
-    ),
-    "a page deep in the longest conversation": (
-        store.page_statement(c, before=before, limit=MESSAGE_PAGE, actor_id=reader),
-        lambda s: store.list_messages(
-            session=s, conversation_id=c, before=before, limit=MESSAGE_PAGE, actor_id=reader
-        ),
-    ),
-    "inbox first page": (
-        store.inbox_statement(inbox_user, None, INBOX_PAGE),
-        lambda s: store.inbox(session=s, user_id=inbox_user, limit=INBOX_PAGE),
-    ),
-    "users inactive for 30 days": (
-        store.inactive_statement(30, 0, INACTIVE_PAGE, moment),
-        lambda s: store.inactive_users(session=s, days=30, limit=INACTIVE_PAGE, now=moment),
-    ),
-}
 
 report: dict[str, Any] = {"size": size, "rounds": rounds, "reads": {}}
-for label, (statement, call) in reads_to_time.items():
+for op in ops:
+    statement = op.statement
     sql, params = compile_sql(statement, engine.dialect)
-
-    def bare_floor(sql: str = sql, params: dict[str, Any] = params) -> object:
-        return bare.execute(sql, params, prepare=True).fetchall()
 
     def on_connection(statement: Any = statement) -> object:
         with engine.connect() as connection:
             connection.execution_options(**AUTOCOMMIT)
             return connection.execute(statement).all()
 
-    def in_session(statement: Any = statement) -> object:
-        with reads(engine) as session:
-            return session.execute(statement).all()
-
-    def data_layer(call: Callable[[Any], object] = call) -> object:
-        with reads(engine) as session:
-            return call(session)
-
-    steps = {
-        "bare": bare_floor,
-        "SQLAlchemy connection": on_connection,
-        "SQLAlchemy session": in_session,
-        "data layer": data_layer,
-    }
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(WARM_UP + rounds):
-        order = list(steps)
-        random.shuffle(order)
-        for name in order:
-            start = time.perf_counter()
-            steps[name]()
-            elapsed = (time.perf_counter() - start) * 1000
-            if i >= WARM_UP:
-                times[name].append(elapsed)
-    floor = statistics.median(times["bare"])
-    entry = {}
-    print(label)
-    for name, samples in times.items():
-        p50 = statistics.median(samples)
-        p99 = statistics.quantiles(samples, n=100)[98]
+    timed = time_interleaved(
+        {
+            "bare": floor_call(bare, sql, params),
+            "SQLAlchemy connection": on_connection,
+            "SQLAlchemy session": sqlalchemy_floor(engine, statement, custom_plans=False),
+            "data layer": store_call(engine, op.call, in_transaction=False),
+        },
+        budget,
+    )
+    floor = timed["bare"].p50_ms
+    report["reads"][op.name] = entry = {}
+    print(op.label)
+    for name, stats in timed.items():
+        ratio = stats.p50_ms / floor
         entry[name] = {
-            "p50_ms": round(p50, 4),
-            "p99_ms": round(p99, 4),
-            "x_bare_p50": round(p50 / floor, 2),
+            "p50_ms": stats.p50_ms,
+            "p99_ms": stats.p99_ms,
+            "x_bare_p50": round(ratio, 2),
         }
-        print(f"  {name:22s} p50 {p50:.3f}  p99 {p99:.3f}  x bare {p50 / floor:.2f}")
-    report["reads"][label] = entry
+        print(f"  {name:22s} p50 {stats.p50_ms:.3f}  p99 {stats.p99_ms:.3f}  x bare {ratio:.2f}")
 
 bare.close()
 engine.dispose()

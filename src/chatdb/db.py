@@ -16,7 +16,7 @@ from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -272,6 +272,11 @@ def transaction(engine: Engine | None = None) -> Iterator[Session]:
 
 # For reads only: each statement commits on its own, with no BEGIN or COMMIT.
 AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+def is_autocommit(connection: Connection) -> bool:
+    """Whether `connection` runs without transaction blocks (reads())."""
+    return connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
 @contextmanager

@@ -19,7 +19,13 @@ from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
 from chatdb.api.metrics import Metrics
 from chatdb.config import Settings
-from chatdb.db import AUTOCOMMIT, connection_lost, retry_if_connection_lost, session_factory
+from chatdb.db import (
+    AUTOCOMMIT,
+    connection_lost,
+    is_autocommit,
+    retry_if_connection_lost,
+    session_factory,
+)
 from chatdb.replicas import ReadRouter
 from chatdb.security import same_secret
 
@@ -63,7 +69,8 @@ class Database:
         block: each statement commits on its own. Under READ COMMITTED each
         statement of a transaction takes its own snapshot anyway, so the reads
         see what they would inside one. Not for anything that needs SET LOCAL
-        or a lock held to the end; in other requests, the same as transaction()."""
+        or a lock held to the end: an endpoint marked reads_in_one_transaction,
+        like any request but a GET, gets transaction()."""
         if not self.autocommit_reads:
             with self.transaction() as session:
                 yield session
@@ -75,21 +82,10 @@ class Database:
     @contextmanager
     def replica_reads(self) -> Iterator[Session]:
         """For reads that may lag: a replica that has seen the caller's own
-        writes, or the primary. Without replicas, the same as reads()."""
+        writes (in a transaction there), or the primary. Without replicas, the
+        same as reads()."""
         if not self.router.enabled:
             with self.reads() as session:
-                yield session
-            return
-        with self._on_replica() as session:
-            yield session
-
-    @contextmanager
-    def read_transaction(self) -> Iterator[Session]:
-        """Reads in one transaction, for an endpoint marked
-        reads_in_one_transaction: on a replica as replica_reads(), or on the
-        primary as transaction()."""
-        if not self.router.enabled:
-            with self.transaction() as session:
                 yield session
             return
         with self._on_replica() as session:
@@ -152,7 +148,7 @@ class Database:
         else a new one. (A GET endpoint that asks for a transaction without
         being marked reads_in_one_transaction gets one, on a second connection.)"""
         if self._opened is not None:
-            if _is_autocommit(self._opened) == autocommit:
+            if is_autocommit(self._opened.connection()) == autocommit:
                 session, self._opened = self._opened, None
                 return session
             self.close_opened()
@@ -204,10 +200,6 @@ class Database:
         return caller
 
 
-def _is_autocommit(session: Session) -> bool:
-    return session.connection().get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-
-
 def _ping(session: Session) -> None:
     """The first statement of a transaction that has no useful one to begin
     with, so a dead pooled connection is found where a retry is safe."""
@@ -246,7 +238,7 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., object])
 def reads_in_one_transaction(endpoint: Endpoint) -> Endpoint:
     """Mark a GET endpoint whose reads need one transaction (a search's SET
     LOCAL must reach its query): its token check then begins the transaction,
-    as a write's does, and the handler continues it with read_transaction()."""
+    as a write's does, and the handler's reads() or replica_reads() continue it."""
     _IN_ONE_TRANSACTION.add(endpoint)
     return endpoint
 

@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.pool import QueuePool
 
+from chatdb.db import is_autocommit
+
 # Milliseconds to seconds: the API's reads take about a millisecond, reports longer.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -61,7 +63,7 @@ class Metrics:
         def count_sent(child: Any) -> Any:
             # With autocommit, psycopg sends no BEGIN, COMMIT or ROLLBACK at all.
             def listener(connection: Connection) -> None:
-                if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                if not is_autocommit(connection):
                     child.inc()
 
             return listener

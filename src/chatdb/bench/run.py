@@ -396,15 +396,12 @@ def sqlalchemy_floor(
     chatdb's own Python runs. What is left between this and the data layer is
     chatdb's."""
 
-    def call() -> object:
-        if not custom_plans:
-            with reads(engine) as session:
-                return session.execute(cast(Executable, statement)).all()
-        with transaction(engine) as session:
+    def execute(session: Session) -> object:
+        if custom_plans:
             session.execute(_CUSTOM_PLANS)
-            return session.execute(cast(Executable, statement)).all()
+        return session.execute(cast(Executable, statement)).all()
 
-    return call
+    return store_call(engine, execute, in_transaction=custom_plans)
 
 
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
