@@ -16,9 +16,9 @@ _XACT_ID = text("SELECT pg_current_xact_id()::text::bigint")
 def test_reads_run_each_statement_on_its_own_and_a_transaction_does_not(
     fresh_engine: Engine,
 ) -> None:
-    with reads(fresh_engine) as session:
-        first, second = (session.execute(_XACT_ID).scalar_one() for _ in range(2))
-        assert session.connection().connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+    with reads(fresh_engine) as connection:
+        first, second = (connection.execute(_XACT_ID).scalar_one() for _ in range(2))
+        assert connection.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
     assert first != second, "reads() ran in one transaction"
 
     with transaction(fresh_engine) as session:
@@ -45,7 +45,7 @@ def test_transactions_are_read_committed_whatever_the_server_default(
             with transaction(engine) as session:
                 level = session.execute(text("SHOW transaction_isolation")).scalar_one()
                 assert level == "read committed"
-            with reads(engine) as session:
-                session.execute(text("SELECT 1"))
+            with reads(engine) as connection:
+                connection.execute(text("SELECT 1"))
     finally:
         engine.dispose()

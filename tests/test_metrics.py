@@ -90,12 +90,21 @@ def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
     conversation = api.group(alice, bob)
     api.send(alice, conversation, "hello")
     before = scrape(api)
+    checkouts: list[object] = []
+
+    def checked_out(*args: object) -> None:
+        checkouts.append(args)
+
+    event.listen(fresh_engine, "checkout", checked_out)
     response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
+    event.remove(fresh_engine, "checkout", checked_out)
     assert response.status_code == 200
     after = scrape(api)
     assert round_trips(after, "statement") - round_trips(before, "statement") == 2
     for kind in ("begin", "commit", "rollback"):
         assert round_trips(after, kind) == round_trips(before, kind), kind
+    # Both on one connection: the handler continued the token check's.
+    assert len(checkouts) == 1
 
     # A send is a write: one transaction, the token check its first statement.
     before = after

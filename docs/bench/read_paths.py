@@ -5,8 +5,10 @@ benchmark's own reads, each step timed in turn in one loop, in random order
 - bare: psycopg, a prepared statement on an autocommit connection set up as
   chatdb's are (the benchmark's floor);
 - SQLAlchemy connection: the same statement on a pooled Connection with
-  isolation_level AUTOCOMMIT, rows fetched;
-- SQLAlchemy session: the same in a Session, as chatdb.db.reads() opens it;
+  isolation_level AUTOCOMMIT, rows fetched, as chatdb.db.reads() opens it
+  (the benchmark's SQLAlchemy floor);
+- SQLAlchemy session: the same in a Session on such a connection, as
+  chatdb.db.reads() opened it until a Connection replaced it;
 - data layer: the store function in chatdb.db.reads(), as the API's GETs run it.
 
     python docs/bench/read_paths.py [SIZE] [ROUNDS]   # after `chatdb bench --size SIZE`
@@ -25,10 +27,10 @@ from chatdb.bench.run import (
     pick_targets,
     read_ops,
     sqlalchemy_floor,
-    store_call,
+    read_call,
 )
 from chatdb.config import Settings
-from chatdb.db import AUTOCOMMIT, database_url, make_engine
+from chatdb.db import AUTOCOMMIT, database_url, make_engine, session_factory
 
 size = sys.argv[1] if len(sys.argv) > 1 else "small"
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
@@ -48,17 +50,17 @@ for op in ops:
     statement = op.statement
     sql, params = compile_sql(statement, engine.dialect)
 
-    def on_connection(statement: Any = statement) -> object:
-        with engine.connect() as connection:
-            connection.execution_options(**AUTOCOMMIT)
-            return connection.execute(statement).all()
+    def on_session(statement: Any = statement) -> object:
+        with session_factory(engine)() as session:
+            session.connection(execution_options=AUTOCOMMIT)
+            return session.execute(statement).all()
 
     timed = time_interleaved(
         {
             "bare": floor_call(bare, sql, params),
-            "SQLAlchemy connection": on_connection,
-            "SQLAlchemy session": sqlalchemy_floor(engine, statement, custom_plans=False),
-            "data layer": store_call(engine, op.call, in_transaction=False),
+            "SQLAlchemy connection": sqlalchemy_floor(engine, statement, custom_plans=False),
+            "SQLAlchemy session": on_session,
+            "data layer": read_call(engine, op.call, in_transaction=False),
         },
         budget,
     )

@@ -1,7 +1,7 @@
 """Request dependencies: the database, the caller, the cursor codec."""
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, TypeVar
@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -22,14 +22,16 @@ from chatdb.config import Settings
 from chatdb.db import (
     AUTOCOMMIT,
     connection_lost,
-    is_autocommit,
     retry_if_connection_lost,
     session_factory,
 )
 from chatdb.replicas import ReadRouter
 from chatdb.security import same_secret
+from chatdb.store import Executor
 
 T = TypeVar("T")
+# What a request opens: a Session for a transaction, a Connection for reads.
+Opened = TypeVar("Opened", Session, Connection)
 
 # Whom read-your-writes is kept for: a user's id, or this key for the operator.
 _OPERATOR = 0
@@ -42,9 +44,9 @@ class Database:
     A signed-in request's token check runs on the connection the handler then
     uses (get_principal, open_with). In a write it is the first statement of
     the handler's transaction, so the check costs no transaction of its own. A
-    GET changes nothing: its token check and reads run without a transaction
-    block (reads()), two round trips fewer than BEGIN ... COMMIT, unless its
-    endpoint is marked reads_in_one_transaction."""
+    GET changes nothing: its token check and reads run on a Connection without
+    a transaction block (reads()), two round trips fewer than BEGIN ... COMMIT,
+    unless its endpoint is marked reads_in_one_transaction."""
 
     engine: Engine
     router: ReadRouter
@@ -52,40 +54,51 @@ class Database:
     metrics: Metrics | None = None
     # Statements commit one by one (see reads()).
     autocommit_reads: bool = False
-    # Opened by the token check, not yet taken by the handler.
-    _opened: Session | None = field(default=None, repr=False)
+    # Opened by the token check, not yet taken by the handler: a Session in a
+    # transaction, or with autocommit_reads a Connection.
+    _opened: Session | Connection | None = field(default=None, repr=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """The request's unit of work, on the primary: commit on success, roll
         back on error."""
-        session = self._take_opened(autocommit=False)
+        session = self._take(Session, self._new_session)
         with self._committed(session):
             yield session
 
     @contextmanager
-    def reads(self) -> Iterator[Session]:
-        """The handler's reads, on the primary. In a GET, without a transaction
-        block: each statement commits on its own. Under READ COMMITTED each
-        statement of a transaction takes its own snapshot anyway, so the reads
-        see what they would inside one. Not for anything that needs SET LOCAL
-        or a lock held to the end: an endpoint marked reads_in_one_transaction,
-        like any request but a GET, gets transaction()."""
+    def reads(self) -> Iterator[Executor]:
+        """The handler's reads, on the primary. In a GET, on a Connection
+        without a transaction block: each statement commits on its own. Under
+        READ COMMITTED each statement of a transaction takes its own snapshot
+        anyway, so the reads see what they would inside one. Not for anything
+        that needs SET LOCAL or a lock held to the end: an endpoint marked
+        reads_in_one_transaction, like any request but a GET, gets transaction()."""
         if not self.autocommit_reads:
             with self.transaction() as session:
                 yield session
             return
-        session = self._take_opened(autocommit=True)
-        with session:
-            yield session
+        with self._take(Connection, self._new_connection) as connection:
+            yield connection
 
     @contextmanager
-    def replica_reads(self) -> Iterator[Session]:
+    def replica_reads(self) -> Iterator[Executor]:
         """For reads that may lag: a replica that has seen the caller's own
         writes (in a transaction there), or the primary. Without replicas, the
         same as reads()."""
+        if self.router.enabled or not self.autocommit_reads:
+            with self.replica_transaction() as session:
+                yield session
+            return
+        with self.reads() as connection:
+            yield connection
+
+    @contextmanager
+    def replica_transaction(self) -> Iterator[Session]:
+        """replica_reads() in one transaction, for an endpoint marked
+        reads_in_one_transaction (its token check began it on the primary)."""
         if not self.router.enabled:
-            with self.reads() as session:
+            with self.transaction() as session:
                 yield session
             return
         with self._on_replica() as session:
@@ -101,12 +114,16 @@ class Database:
 
         return retry_if_connection_lost(once)
 
-    def open_with(self, first: Callable[[Session], T]) -> T:
-        """Open the request's session on the primary by running `first` in it
-        (in a transaction, unless autocommit_reads); the handler's
-        transaction() or reads() then continues it. Returns what `first` returned."""
+    def open_with(self, first: Callable[[Executor], T]) -> T:
+        """Open the request's connection to the primary by running `first` on
+        it (in a transaction, unless autocommit_reads); the handler's
+        transaction() or reads() then continues there. Returns what `first`
+        returned."""
         self.close_opened()
-        self._opened, result = self._begin(first, autocommit=self.autocommit_reads)
+        if self.autocommit_reads:
+            self._opened, result = self._begin(self._new_connection, first)
+        else:
+            self._opened, result = self._begin(self._new_session, first)
         return result
 
     @property
@@ -114,11 +131,11 @@ class Database:
         return self._opened is not None
 
     def close_opened(self) -> None:
-        """Roll back and let go of a session open_with() opened and no handler
-        took (one that failed early, or used no database)."""
+        """Roll back and let go of what open_with() opened and no handler took
+        (one that failed early, or used no database)."""
         if self._opened is not None:
-            session, self._opened = self._opened, None
-            session.close()
+            opened, self._opened = self._opened, None
+            opened.close()
 
     @contextmanager
     def _committed(self, session: Session) -> Iterator[None]:
@@ -140,23 +157,26 @@ class Database:
         # get_principal).
         self.close_opened()
         with self.router.read_transaction(self._caller()) as session:
-            self._connect(session)
+            with self._waiting_for_connection():
+                session.connection()
             yield session
 
-    def _take_opened(self, *, autocommit: bool) -> Session:
-        """The session open_with() opened, if it is of the kind asked for;
-        else a new one. (A GET endpoint that asks for a transaction without
-        being marked reads_in_one_transaction gets one, on a second connection.)"""
-        if self._opened is not None:
-            if is_autocommit(self._opened.connection()) == autocommit:
-                session, self._opened = self._opened, None
-                return session
-            self.close_opened()
-        session, _ = self._begin(_ping, autocommit=autocommit)
-        return session
+    def _take(self, kind: type[Opened], open_new: Callable[[], Opened]) -> Opened:
+        """What open_with() opened, if it is of `kind`; else a new one. (A GET
+        endpoint that asks for a transaction without being marked
+        reads_in_one_transaction gets one, on a second connection.)"""
+        opened, self._opened = self._opened, None
+        if isinstance(opened, kind):
+            return opened
+        if opened is not None:
+            opened.close()
+        new, _ = self._begin(open_new, _ping)
+        return new
 
-    def _begin(self, first: Callable[[Session], T], *, autocommit: bool) -> tuple[Session, T]:
-        """A new session whose first statement is `first`.
+    def _begin(
+        self, open_new: Callable[[], Opened], first: Callable[[Opened], T]
+    ) -> tuple[Opened, T]:
+        """A new session or connection whose first statement is `first`.
 
         The pool does not ping connections before handing them out (a round
         trip per transaction). After a PostgreSQL restart a pooled connection
@@ -164,46 +184,54 @@ class Database:
         SQLAlchemy has invalidated the whole pool, and one more try on a new
         connection is safe."""
         for attempt in (1, 2):
-            session = self._new_session(autocommit)
+            opened = open_new()
             try:
-                return session, first(session)
+                return opened, first(opened)
             except DBAPIError as exc:
-                session.close()
+                opened.close()
                 if attempt == 2 or not connection_lost(exc):
                     raise
             except BaseException:
-                session.close()
+                opened.close()
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _new_session(self, autocommit: bool) -> Session:
-        """A session with its connection taken. Autocommit is set on it before
-        its first statement, which costs no round trip."""
+    def _new_session(self) -> Session:
+        """A session with its connection taken, so time spent waiting for one
+        is seen."""
         session = session_factory(self.engine)()
         try:
-            self._connect(session, AUTOCOMMIT if autocommit else None)
+            with self._waiting_for_connection():
+                session.connection()
         except BaseException:
             session.close()
             raise
         return session
 
-    def _connect(self, session: Session, options: dict[str, str] | None = None) -> None:
-        # The connection is taken now, so time spent waiting for one is seen.
-        if self.metrics is None:
-            session.connection(execution_options=options)
-            return
-        with self.metrics.waiting_for_connection():
-            session.connection(execution_options=options)
+    def _new_connection(self) -> Connection:
+        """A connection for reads without a transaction block. Autocommit is
+        set on it before its first statement, which costs no round trip."""
+        with self._waiting_for_connection():
+            connection = self.engine.connect()
+        try:
+            connection.execution_options(**AUTOCOMMIT)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _waiting_for_connection(self) -> AbstractContextManager[None]:
+        return nullcontext() if self.metrics is None else self.metrics.waiting_for_connection()
 
     def _caller(self) -> int | None:
         caller: int | None = getattr(self.request.state, "caller_key", None)
         return caller
 
 
-def _ping(session: Session) -> None:
+def _ping(executor: Executor) -> None:
     """The first statement of a transaction that has no useful one to begin
     with, so a dead pooled connection is found where a retry is safe."""
-    session.execute(text("SELECT 1"))
+    executor.execute(text("SELECT 1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +266,8 @@ Endpoint = TypeVar("Endpoint", bound=Callable[..., object])
 def reads_in_one_transaction(endpoint: Endpoint) -> Endpoint:
     """Mark a GET endpoint whose reads need one transaction (a search's SET
     LOCAL must reach its query): its token check then begins the transaction,
-    as a write's does, and the handler's reads() or replica_reads() continue it."""
+    as a write's does, and the handler's transaction() or replica_transaction()
+    continue it."""
     _IN_ONE_TRANSACTION.add(endpoint)
     return endpoint
 
@@ -315,8 +344,8 @@ async def get_principal(
                 await run_in_threadpool(database.close_opened)
 
 
-def _user_for_token(session: Session, *, token: str) -> int | None:
-    return store.user_for_token(session=session, token=token)
+def _user_for_token(executor: Executor, *, token: str) -> int | None:
+    return store.user_for_token(session=executor, token=token)
 
 
 Db = Annotated[Database, Depends(get_database)]

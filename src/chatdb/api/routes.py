@@ -762,7 +762,7 @@ def search(
     first among equals), with the matching words marked in `snippet`."""
     after_hit = cursors.parse_search(cursor)
     mentioned = caller.require_user() if mentions else None
-    with db.replica_reads() as session:
+    with db.replica_transaction() as session:
         page = store.search_messages(
             session=session,
             q=q,

@@ -35,6 +35,7 @@ from chatdb.bench.dataset import Dataset
 from chatdb.bench.measure import Budget, Stats, time_calls, time_concurrent, time_interleaved
 from chatdb.config import Settings
 from chatdb.db import make_engine, psycopg_conninfo, reads, transaction
+from chatdb.store import Executor
 from chatdb.store.messages import SEND_SQL
 
 Progress = Callable[[str], None]
@@ -154,7 +155,7 @@ class ReadOp:
     name: str
     label: str
     statement: ClauseElement  # what the floor runs: the store's own SQL
-    call: Callable[[Session], object]  # the store function
+    call: Callable[[Executor], object]  # the store function
     http: http.HttpCall | None
     # Planned for its values on every run, as the store plans searches (see
     # store.search_messages); else the floor's prepared statement goes generic.
@@ -277,8 +278,10 @@ def read_ops(t: Targets, auth: dict[int, dict[str, str]], admin: dict[str, str])
     return ops
 
 
-def _search_call(q: str, user_id: int, conversation_id: int | None) -> Callable[[Session], object]:
-    def call(session: Session) -> object:
+def _search_call(q: str, user_id: int, conversation_id: int | None) -> Callable[[Executor], object]:
+    def call(session: Executor) -> object:
+        # A search needs a transaction (its ReadOp has custom_plans, so read_call begins one).
+        assert isinstance(session, Session)
         return store.search_messages(
             session=session,
             q=q,
@@ -290,8 +293,8 @@ def _search_call(q: str, user_id: int, conversation_id: int | None) -> Callable[
     return call
 
 
-def _inbox_call(user_id: int) -> Callable[[Session], object]:
-    def call(session: Session) -> object:
+def _inbox_call(user_id: int) -> Callable[[Executor], object]:
+    def call(session: Executor) -> object:
         return store.inbox(session=session, user_id=user_id, limit=INBOX_PAGE)
 
     return call
@@ -396,25 +399,38 @@ def sqlalchemy_floor(
     chatdb's own Python runs. What is left between this and the data layer is
     chatdb's."""
 
-    def execute(session: Session) -> object:
+    def execute(executor: Executor) -> object:
         if custom_plans:
-            session.execute(_CUSTOM_PLANS)
-        return session.execute(cast(Executable, statement)).all()
+            executor.execute(_CUSTOM_PLANS)
+        return executor.execute(cast(Executable, statement)).all()
 
-    return store_call(engine, execute, in_transaction=custom_plans)
+    return read_call(engine, execute, in_transaction=custom_plans)
 
 
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
-def store_call(
-    engine: Engine, op: Callable[[Session], object], *, in_transaction: bool = True
-) -> Callable[[], object]:
-    unit = transaction if in_transaction else reads
+def store_call(engine: Engine, op: Callable[[Session], object]) -> Callable[[], object]:
+    """`op` in a transaction of its own, as a write runs."""
 
     def call() -> object:
-        with unit(engine) as session:
+        with transaction(engine) as session:
             return op(session)
+
+    return call
+
+
+def read_call(
+    engine: Engine, op: Callable[[Executor], object], *, in_transaction: bool
+) -> Callable[[], object]:
+    """`op` as the API runs a read: on a Connection without a transaction block
+    (chatdb.db.reads), or in a transaction for a search."""
+    if in_transaction:
+        return store_call(engine, op)
+
+    def call() -> object:
+        with reads(engine) as connection:
+            return op(connection)
 
     return call
 
@@ -528,7 +544,7 @@ def run(
             timed = time_interleaved(
                 {
                     "floor": floor_call(bare, sql, params),
-                    "data layer": store_call(engine, op.call, in_transaction=op.custom_plans),
+                    "data layer": read_call(engine, op.call, in_transaction=op.custom_plans),
                     "round trips": floor_with_round_trips(bare, sql, params),
                     "framework": sqlalchemy_floor(
                         engine, op.statement, custom_plans=op.custom_plans

@@ -74,6 +74,7 @@ from chatdb.store.retention import (
     purge_due,
 )
 from chatdb.store.search import search_messages, search_statement
+from chatdb.store.types import Executor
 from chatdb.store.users import (
     create_user,
     delete_user,
@@ -85,6 +86,7 @@ from chatdb.store.users import (
 
 __all__ = [
     "ArchiveDue",
+    "Executor",
     "PurgeDue",
     "SignInLimits",
     "activity",

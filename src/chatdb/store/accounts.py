@@ -11,6 +11,7 @@ from chatdb import models
 from chatdb.errors import NotFound, TooManyAttempts
 from chatdb.security import hash_password, new_token, token_digest, verify_password
 from chatdb.store._validate import positive_id
+from chatdb.store.types import Executor
 
 T = models.AuthToken
 F = models.SignInFailure
@@ -161,7 +162,7 @@ _USER_FOR_TOKEN = select(_tokens.user_id).where(
 )
 
 
-def user_for_token(*, session: Session, token: str) -> int | None:
+def user_for_token(*, session: Executor, token: str) -> int | None:
     """The user a live (not expired, not revoked) token belongs to."""
     user_id: int | None = session.execute(
         _USER_FOR_TOKEN, {"token_hash": token_digest(token)}

@@ -19,7 +19,7 @@ from chatdb.errors import Gone
 from chatdb.store._validate import page_limit, positive_id, seq_value
 from chatdb.store.conversations import _require_member
 from chatdb.store.messages import _messages, _select_messages
-from chatdb.store.types import AnyRow, Message
+from chatdb.store.types import AnyRow, Executor, Message
 
 CH = models.Change
 M = models.Message
@@ -48,7 +48,7 @@ class ChangePage:
     has_more: bool
 
 
-def _with_messages(session: Session, rows: Iterable[AnyRow]) -> list[Change]:
+def _with_messages(session: Executor, rows: Iterable[AnyRow]) -> list[Change]:
     return attach_messages(session=session, changes=[_change(r) for r in rows])
 
 
@@ -67,7 +67,7 @@ def _change(row: AnyRow) -> Change:
     )
 
 
-def attach_messages(*, session: Session, changes: list[Change]) -> list[Change]:
+def attach_messages(*, session: Executor, changes: list[Change]) -> list[Change]:
     """The changes with their messages as they are now, reactions included.
 
     A change goes to every member alike, so no reaction is marked as the
@@ -107,7 +107,7 @@ _CHANGE_COLUMNS = (
 
 def changes_since(
     *,
-    session: Session,
+    session: Executor,
     conversation_id: int,
     since: int,
     limit: int = 100,
@@ -135,7 +135,7 @@ def changes_since(
     return ChangePage(changes=_with_messages(session, rows[:limit]), has_more=len(rows) > limit)
 
 
-def _pruned(session: Session, conversation_id: int, since: int) -> bool:
+def _pruned(session: Executor, conversation_id: int, since: int) -> bool:
     """Whether the conversation has changes after `since` but no longer
     since + 1. (The page found none after `since`; one committed since then is
     there now, so this is no false alarm.)"""

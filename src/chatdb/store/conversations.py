@@ -13,7 +13,7 @@ from chatdb.errors import Conflict, Forbidden, Invalid, NotFound
 from chatdb.store._changelog import record_change, record_for_each_member
 from chatdb.store._errors import translated_errors
 from chatdb.store._validate import clean_text, page_limit, positive_id
-from chatdb.store.types import AnyRow, Conversation, DeletedConversation, Member
+from chatdb.store.types import AnyRow, Conversation, DeletedConversation, Executor, Member
 
 _CONVERSATION_COLUMNS = (
     models.Conversation.id,
@@ -49,7 +49,7 @@ def _clean_title(title: str | None) -> str | None:
 
 
 def member_role(
-    *, session: Session, conversation_id: int, user_id: int, include_deleted: bool = False
+    *, session: Executor, conversation_id: int, user_id: int, include_deleted: bool = False
 ) -> str | None:
     """The user's role in the conversation, or None if they are not a member
     (or it is deleted, unless `include_deleted`)."""
@@ -69,7 +69,7 @@ def member_role(
     return role
 
 
-def _require_member(session: Session, conversation_id: int, actor_id: int | None) -> str | None:
+def _require_member(session: Executor, conversation_id: int, actor_id: int | None) -> str | None:
     """The actor's role; NotFound for non-members, so existence does not leak.
     A deleted conversation is not found for anyone, operators included."""
     if actor_id is None:
@@ -167,7 +167,7 @@ def get_or_create_direct(
 
 
 def get_conversation(
-    *, session: Session, conversation_id: int, actor_id: int | None = None
+    *, session: Executor, conversation_id: int, actor_id: int | None = None
 ) -> Conversation:
     positive_id(conversation_id, field="conversation id")
     _require_member(session, conversation_id, actor_id)
@@ -488,7 +488,7 @@ def get_member(*, session: Session, conversation_id: int, user_id: int) -> Membe
 
 def list_members(
     *,
-    session: Session,
+    session: Executor,
     conversation_id: int,
     after_user_id: int = 0,
     limit: int = 100,

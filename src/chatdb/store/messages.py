@@ -45,6 +45,7 @@ from chatdb.store.conversations import _require_member
 from chatdb.store.types import (
     AnyRow,
     AnySelect,
+    Executor,
     Message,
     MessagePage,
     Quote,
@@ -470,7 +471,7 @@ def _find_replay(
 
 
 def get_message(
-    *, session: Session, conversation_id: int, seq: int, actor_id: int | None = None
+    *, session: Executor, conversation_id: int, seq: int, actor_id: int | None = None
 ) -> Message:
     """One message; its reactions' `me` is about `actor_id`."""
     positive_id(conversation_id, field="conversation id")
@@ -478,7 +479,7 @@ def get_message(
     return _read_message(session, conversation_id, seq, actor_id)
 
 
-def _read_message(session: Session, conversation_id: int, seq: int, viewer: int | None) -> Message:
+def _read_message(session: Executor, conversation_id: int, seq: int, viewer: int | None) -> Message:
     row = session.execute(
         _select_messages().where(M.conversation_id == conversation_id, M.seq == seq),
         {"viewer": viewer},
@@ -490,7 +491,7 @@ def _read_message(session: Session, conversation_id: int, seq: int, viewer: int 
 
 def list_messages(
     *,
-    session: Session,
+    session: Executor,
     conversation_id: int,
     before: int | None = None,
     after: int | None = None,
@@ -808,7 +809,7 @@ def unread_count(*, session: Session, conversation_id: int, user_id: int) -> int
 
 def list_replies(
     *,
-    session: Session,
+    session: Executor,
     conversation_id: int,
     seq: int,
     after: int = 0,

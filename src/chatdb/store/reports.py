@@ -39,6 +39,7 @@ from chatdb.store._validate import page_limit, positive_id
 from chatdb.store.types import (
     ActivityRow,
     AnySelect,
+    Executor,
     InactivePage,
     InactiveUser,
     InboxCursor,
@@ -202,7 +203,7 @@ def _inbox_template(with_cursor: bool) -> AnySelect:
 
 
 def inbox(
-    *, session: Session, user_id: int, before: InboxCursor | None = None, limit: int = 20
+    *, session: Executor, user_id: int, before: InboxCursor | None = None, limit: int = 20
 ) -> InboxPage:
     positive_id(user_id, field="user id")
     limit = page_limit(limit)
@@ -300,7 +301,7 @@ def activity_statement(start: date, end: date, tz: str, user_id: int | None = No
 
 
 def activity(
-    *, session: Session, start: date, end: date, tz: str = "UTC", user_id: int | None = None
+    *, session: Executor, start: date, end: date, tz: str = "UTC", user_id: int | None = None
 ) -> list[ActivityRow]:
     statement = activity_statement(start, end, tz, user_id)
     # PostgreSQL's zone names can differ from Python's (each has its own copy of
@@ -367,7 +368,7 @@ def _inactive_template() -> AnySelect:
 
 def inactive_users(
     *,
-    session: Session,
+    session: Executor,
     days: int = 30,
     after_id: int = 0,
     limit: int = 50,

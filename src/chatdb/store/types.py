@@ -4,7 +4,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple, TypeAlias
 
-from sqlalchemy import Row, Select
+from sqlalchemy import Connection, Row, Select
+from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,11 @@ class InactivePage:
     users: list[InactiveUser]
     next_after_id: int | None
 
+
+# What the store's reads run on: a Session, in a transaction, or a Connection
+# from chatdb.db.reads(), with no transaction block and no Session to build. The
+# store's statements are Core (no ORM entities), so both return the same rows.
+Executor: TypeAlias = Session | Connection
 
 # Rows and statements of any shape, for the helpers that map rows to the values above.
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]

@@ -10,7 +10,7 @@ from chatdb.errors import Invalid, NotFound
 from chatdb.store._errors import translated_errors
 from chatdb.store._validate import clean_text, page_limit, positive_id
 from chatdb.store.conversations import remove_member
-from chatdb.store.types import AnyRow, User
+from chatdb.store.types import AnyRow, Executor, User
 
 _USER_COLUMNS = (
     models.User.id,
@@ -56,7 +56,7 @@ def create_user(
     return _user(row)
 
 
-def get_user(*, session: Session, user_id: int) -> User:
+def get_user(*, session: Executor, user_id: int) -> User:
     positive_id(user_id, field="user id")
     row = session.execute(select(*_USER_COLUMNS).where(models.User.id == user_id)).one_or_none()
     if row is None:
@@ -64,7 +64,7 @@ def get_user(*, session: Session, user_id: int) -> User:
     return _user(row)
 
 
-def get_user_by_username(*, session: Session, username: str) -> User:
+def get_user_by_username(*, session: Executor, username: str) -> User:
     row = session.execute(
         select(*_USER_COLUMNS).where(func.lower(models.User.username) == username.lower())
     ).one_or_none()
