@@ -25,9 +25,9 @@ from chatdb.bench.run import (
     compile_sql,
     floor_call,
     pick_targets,
+    read_call,
     read_ops,
     sqlalchemy_floor,
-    read_call,
 )
 from chatdb.config import Settings
 from chatdb.db import AUTOCOMMIT, database_url, make_engine, session_factory

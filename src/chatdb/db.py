@@ -288,8 +288,8 @@ def reads(engine: Engine | None = None) -> Iterator[Connection]:
     anything that needs SET LOCAL or a lock held to the end (a search).
 
     A Connection, not a Session: the store's reads take either
-    (store.types.Executor), and building a Session for one read cost about
-    40 µs, a tenth of a short read's time."""
+    (store.types.Executor), and a Session cost a read 0.09 to 0.23 ms more on
+    the large benchmark set (README, "Reads on a Connection")."""
     engine = engine or get_engine()
     with engine.connect() as connection:
         connection.execution_options(**AUTOCOMMIT)

@@ -164,7 +164,8 @@ class Database:
     def _take(self, kind: type[Opened], open_new: Callable[[], Opened]) -> Opened:
         """What open_with() opened, if it is of `kind`; else a new one. (A GET
         endpoint that asks for a transaction without being marked
-        reads_in_one_transaction gets one, on a second connection.)"""
+        reads_in_one_transaction gets one: the token check's connection goes
+        back to the pool and another is taken, with a statement more.)"""
         opened, self._opened = self._opened, None
         if isinstance(opened, kind):
             return opened

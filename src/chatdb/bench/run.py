@@ -280,8 +280,10 @@ def read_ops(t: Targets, auth: dict[int, dict[str, str]], admin: dict[str, str])
 
 def _search_call(q: str, user_id: int, conversation_id: int | None) -> Callable[[Executor], object]:
     def call(session: Executor) -> object:
-        # A search needs a transaction (its ReadOp has custom_plans, so read_call begins one).
-        assert isinstance(session, Session)
+        # Its SET LOCAL needs a transaction: its ReadOp has custom_plans, so
+        # read_call begins one. On a Connection it would time generic plans.
+        if not isinstance(session, Session):
+            raise TypeError("a search runs in a transaction (custom_plans=True)")
         return store.search_messages(
             session=session,
             q=q,

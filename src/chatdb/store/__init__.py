@@ -1,7 +1,9 @@
 """The data layer: every query and write of chatdb lives here.
 
 Functions take the session as the keyword argument `session` and never commit;
-the caller owns the transaction. Errors come out as chatdb.errors classes.
+the caller owns the transaction. Writes need a Session; the reads a GET makes
+also take a Connection with no transaction block (Executor, chatdb.db.reads).
+Errors come out as chatdb.errors classes.
 """
 
 from chatdb.store.accounts import (
