@@ -20,8 +20,8 @@ from chatdb.api.errors import ApiError
 from chatdb.api.metrics import Metrics
 from chatdb.config import Settings
 from chatdb.db import (
-    AUTOCOMMIT,
     connection_lost,
+    read_connection,
     retry_if_connection_lost,
     session_factory,
 )
@@ -210,16 +210,9 @@ class Database:
         return session
 
     def _new_connection(self) -> Connection:
-        """A connection for reads without a transaction block. Autocommit is
-        set on it before its first statement, which costs no round trip."""
+        """A connection for reads without a transaction block (chatdb.db.reads)."""
         with self._waiting_for_connection():
-            connection = self.engine.connect()
-        try:
-            connection.execution_options(**AUTOCOMMIT)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
+            return read_connection(self.engine)
 
     def _waiting_for_connection(self) -> AbstractContextManager[None]:
         return nullcontext() if self.metrics is None else self.metrics.waiting_for_connection()
