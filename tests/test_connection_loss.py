@@ -19,8 +19,10 @@ import pytest
 from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
-from chatdb.db import connection_lost, psycopg_conninfo
+from chatdb import store
+from chatdb.db import connection_lost, psycopg_conninfo, reads, transaction
 from tests.api_support import Api
+from tests.factories import make_group, make_user, send
 from tests.test_events import WAIT
 
 
@@ -222,3 +224,26 @@ def test_a_connection_left_mid_command_is_dropped_not_pooled(fresh_engine: Engin
     assert connection_lost(caught.value)
     with fresh_engine.connect() as connection:
         assert connection.execute(text("SELECT 3")).scalar() == 3
+
+
+def test_a_read_whose_connection_dies_counts_it_lost_and_the_next_gets_a_live_one(
+    fresh_engine: Engine,
+) -> None:
+    """The hot reads run past SQLAlchemy's execute (chatdb.store._driver), and
+    must still invalidate a dead connection, as the API's retry expects."""
+    with transaction(fresh_engine) as session:
+        alice, bob = make_user(session, "alice"), make_user(session, "bob")
+        group = make_group(session, alice, bob)
+        send(session, group, alice, "hello")
+    with (
+        connection_killed_at(fresh_engine, "conversation_last_seq") as seen,
+        reads(fresh_engine) as connection,
+        pytest.raises(OperationalError) as caught,
+    ):
+        store.list_messages(session=connection, conversation_id=group.id, actor_id=bob.id)
+    assert len(seen) == 1
+    assert caught.value.connection_invalidated
+    assert connection_lost(caught.value)
+    with reads(fresh_engine) as connection:
+        page = store.list_messages(session=connection, conversation_id=group.id, actor_id=bob.id)
+    assert [m.body for m in page.messages] == ["hello"]

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from chatdb import models
 from chatdb.errors import NotFound, TooManyAttempts
 from chatdb.security import hash_password, new_token, token_digest, verify_password
+from chatdb.store._driver import DriverBytes, fetch_all
 from chatdb.store._validate import positive_id
 from chatdb.store.types import Executor
 
@@ -156,7 +157,7 @@ _tokens = T.__table__.c
 # Every signed-in request runs this first: built once, from the Core table, as
 # the ORM path costs more than the lookup.
 _USER_FOR_TOKEN = select(_tokens.user_id).where(
-    _tokens.token_hash == bindparam("token_hash"),
+    _tokens.token_hash == bindparam("token_hash", type_=DriverBytes()),
     _tokens.revoked_at.is_(None),
     _tokens.expires_at > func.now(),
 )
@@ -164,10 +165,10 @@ _USER_FOR_TOKEN = select(_tokens.user_id).where(
 
 def user_for_token(*, session: Executor, token: str) -> int | None:
     """The user a live (not expired, not revoked) token belongs to."""
-    user_id: int | None = session.execute(
-        _USER_FOR_TOKEN, {"token_hash": token_digest(token)}
-    ).scalar_one_or_none()
-    return user_id
+    # Every request asks this first: past SQLAlchemy's result layer (_driver).
+    rows = fetch_all(session, _USER_FOR_TOKEN, {"token_hash": token_digest(token)}).rows
+    # token_hash is unique: one row at most.
+    return int(rows[0][0]) if rows else None
 
 
 def revoke_token(*, session: Session, token: str) -> bool:
