@@ -15,7 +15,12 @@ from chatdb import models
 from chatdb.db import reads, transaction
 from chatdb.store._driver import fetch_all
 from chatdb.store.messages import _page_query
-from chatdb.store.reports import _inactive_params, _inactive_template, _inbox_query
+from chatdb.store.reports import (
+    _activity_query,
+    _inactive_params,
+    _inactive_template,
+    _inbox_query,
+)
 from chatdb.store.types import AnySelect, InboxCursor
 from tests.factories import make_group, make_user, send
 
@@ -29,6 +34,7 @@ def _statements(engine: Engine) -> list[tuple[AnySelect, dict[str, Any]]]:
         for n in range(5):
             send(session, group, alice if n % 2 else bob, f"message {n}")
     newest = datetime.now(UTC) + timedelta(days=1)
+    today = datetime.now(UTC).date()
     return [
         _page_query(group.id, None, None, 3, alice.id),
         _page_query(group.id, 5, None, 2, alice.id),
@@ -36,6 +42,11 @@ def _statements(engine: Engine) -> list[tuple[AnySelect, dict[str, Any]]]:
         _inbox_query(alice.id, None, 20),
         _inbox_query(alice.id, InboxCursor(last_activity_at=newest, conversation_id=0), 20),
         (_inactive_template(), _inactive_params(1, 0, 50, newest + timedelta(days=2))),
+        # From the hourly rollup, and (a zone half an hour off UTC) from messages.
+        _activity_query(today - timedelta(days=1), today, "UTC", None),
+        _activity_query(
+            today - timedelta(days=1), today + timedelta(days=1), "Asia/Kolkata", alice.id
+        ),
     ]
 
 

@@ -166,8 +166,9 @@ class InboxPage:
     next_cursor: InboxCursor | None
 
 
-@dataclass(frozen=True, slots=True)
-class ActivityRow:
+class ActivityRow(NamedTuple):
+    """A named tuple, as Message: a month's report builds a million or more."""
+
     user_id: int | None
     username: str | None
     day: date
