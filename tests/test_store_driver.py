@@ -3,7 +3,6 @@ rows SQLAlchemy's execute gives, its errors, its transaction, its listeners."""
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,9 +10,11 @@ import pytest
 from sqlalchemy import Engine, bindparam, create_engine, event, select
 from sqlalchemy.exc import DataError, DBAPIError
 
-from chatdb import models
-from chatdb.db import reads, transaction
+from chatdb import models, store
+from chatdb.db import connection_lost, reads, transaction
+from chatdb.security import token_digest
 from chatdb.store._driver import fetch_all
+from chatdb.store.accounts import _USER_FOR_TOKEN
 from chatdb.store.messages import _page_query
 from chatdb.store.reports import (
     _activity_query,
@@ -26,28 +27,59 @@ from tests.factories import make_group, make_user, send
 
 
 def _statements(engine: Engine) -> list[tuple[AnySelect, dict[str, Any]]]:
-    """Each template the driver runs, with parameters that find rows."""
+    """Every shape of every template the driver runs, with parameters that find rows."""
     with transaction(engine) as session:
         alice, bob = make_user(session, "alice", "Alice"), make_user(session, "bob")
         make_user(session, "carol")
         group = make_group(session, alice, bob, title="plans")
-        for n in range(5):
+        first = send(session, group, bob, "message 0").message
+        for n in range(1, 5):
             send(session, group, alice if n % 2 else bob, f"message {n}")
+        # A quote and a reaction, so their columns hold values too.
+        store.send_message(
+            session=session,
+            conversation_id=group.id,
+            sender_id=alice.id,
+            body="re",
+            reply_to_seq=first.seq,
+        )
+        store.add_reaction(
+            session=session, conversation_id=group.id, seq=first.seq, user_id=bob.id, emoji="👍"
+        )
+        store.set_password(session=session, user_id=alice.id, password="a long passphrase")
+        signed_in = store.sign_in(
+            session=session,
+            username="alice",
+            password="a long passphrase",
+            lifetime=timedelta(hours=1),
+        )
+    assert signed_in is not None
     newest = datetime.now(UTC) + timedelta(days=1)
     today = datetime.now(UTC).date()
+    pages = [
+        _page_query(group.id, before, after, 3, actor)
+        for before, after in ((None, None), (6, None), (None, 0))
+        for actor in (alice.id, None)
+    ]
     return [
-        _page_query(group.id, None, None, 3, alice.id),
-        _page_query(group.id, 5, None, 2, alice.id),
-        _page_query(group.id, None, 1, 2, None),
+        *pages,
         _inbox_query(alice.id, None, 20),
         _inbox_query(alice.id, InboxCursor(last_activity_at=newest, conversation_id=0), 20),
         (_inactive_template(), _inactive_params(1, 0, 50, newest + timedelta(days=2))),
-        # From the hourly rollup, and (a zone half an hour off UTC) from messages.
-        _activity_query(today - timedelta(days=1), today, "UTC", None),
-        _activity_query(
-            today - timedelta(days=1), today + timedelta(days=1), "Asia/Kolkata", alice.id
+        # From the hourly rollup, and (a zone half an hour off UTC) from messages,
+        # for all users and for one.
+        *(
+            _activity_query(today - timedelta(days=1), today + timedelta(days=1), zone, user)
+            for zone in ("UTC", "Asia/Kolkata")
+            for user in (None, alice.id)
         ),
+        (_USER_FOR_TOKEN, {"token_hash": token_digest(signed_in[0])}),
     ]
+
+
+def _typed(rows: list[tuple[Any, ...]]) -> list[tuple[tuple[type, Any], ...]]:
+    # 1 == Decimal(1), and aware datetimes are equal across zones: compare types too.
+    return [tuple((type(value), value) for value in row) for row in rows]
 
 
 def test_rows_from_the_driver_are_sqlalchemys(fresh_engine: Engine) -> None:
@@ -55,10 +87,30 @@ def test_rows_from_the_driver_are_sqlalchemys(fresh_engine: Engine) -> None:
         with reads(fresh_engine) as connection:
             expected = connection.execute(template, params)
             fields, rows = tuple(expected.keys()), [tuple(row) for row in expected]
-            fetched = fetch_all(connection, template, params)
+            on_connection = fetch_all(connection, template, params)
+        with transaction(fresh_engine) as session:
+            in_session = fetch_all(session, template, params)
         assert rows, "no rows: the comparison would prove little"
-        assert fetched.rows == rows
-        assert fetched.fields == fields
+        for fetched in (on_connection, in_session):
+            assert _typed(fetched.rows) == _typed(rows)
+            assert fetched.fields == fields
+
+
+def test_a_forgotten_parameter_is_an_error_not_a_null(fresh_engine: Engine) -> None:
+    template, params = _inactive_template(), _inactive_params(30, 0, 5, None)
+    del params["cutoff"]
+    with reads(fresh_engine) as connection, pytest.raises(ValueError, match="cutoff"):
+        fetch_all(connection, template, params)
+
+
+def test_a_closed_driver_connection_is_lost_as_sqlalchemy_says(fresh_engine: Engine) -> None:
+    template, params = _inactive_template(), _inactive_params(30, 0, 5, None)
+    with reads(fresh_engine) as connection:
+        connection.connection.driver_connection.close()
+        with pytest.raises(DBAPIError) as caught:
+            fetch_all(connection, template, params)
+    assert caught.value.connection_invalidated
+    assert connection_lost(caught.value)
 
 
 def test_a_template_needing_sqlalchemys_type_processing_is_refused(fresh_engine: Engine) -> None:
@@ -93,15 +145,16 @@ def test_listeners_and_the_echo_log_see_the_statement(
     template, params = _inactive_template(), _inactive_params(30, 0, 5, None)
     engine = create_engine(fresh_engine.url, echo=True)
     seen: list[str] = []
+    done: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    event.listen(engine, "after_cursor_execute", lambda *args: done.append(args[2]))
     try:
-        with (
-            caplog.at_level(logging.INFO, "sqlalchemy.engine.Engine"),
-            engine.connect() as connection,
-        ):
+        # No caplog.at_level: echo=True alone must log the statement.
+        with engine.connect() as connection:
             fetch_all(connection, template, params)
     finally:
         engine.dispose()
     sql = seen[-1]
     assert "last_message_at" in sql
+    assert done[-1] == sql
     assert any(sql in record.getMessage() for record in caplog.records)

@@ -11,14 +11,16 @@ the read to 1.49x the bare driver, this to 1.11x (README, "Rows straight from
 the driver").
 
 Only for statements whose types need no processing on either side (plain
-integers, text, timestamps, JSON that psycopg decodes itself): _compile refuses
-any other.
+integers, text, timestamps, JSON that psycopg decodes itself): Compiled
+refuses any other. Listeners get before_cursor_execute and
+after_cursor_execute (with no execution context), but a listener cannot
+replace the statement (retval=True) here.
 """
 
 import logging
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any, NamedTuple, cast
+from weakref import WeakKeyDictionary
 
 import psycopg
 from sqlalchemy import Connection, LargeBinary, TypeDecorator
@@ -29,14 +31,12 @@ from sqlalchemy.orm import Session
 from chatdb.db import is_autocommit
 from chatdb.store.types import AnySelect, Executor
 
-# SQLAlchemy's echo logger: with echo on, these statements are logged with its own.
-_echo = logging.getLogger("sqlalchemy.engine.Engine")
-
 
 class Compiled:
-    """A template's SQL for one dialect, its default parameters, and its columns' names."""
+    """A template's SQL for one dialect, its default parameters, the parameters
+    each call must give, and its columns' names."""
 
-    __slots__ = ("defaults", "fields", "sql")
+    __slots__ = ("defaults", "fields", "required", "sql")
 
     def __init__(self, template: AnySelect, dialect: Dialect) -> None:
         compiled = template.compile(dialect=dialect)
@@ -47,12 +47,21 @@ class Compiled:
             if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
                 raise ValueError(f"parameter {bind.key!r} needs SQLAlchemy's type processing")
         for column in template.selected_columns:
-            if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
+            if _result_processed(column.type, dialect):
                 raise ValueError(f"column {column.key!r} needs SQLAlchemy's type processing")
         # Literals SQLAlchemy made parameters of (a LIMIT 1, a constant), and
         # None for the bind parameters each call passes.
         self.defaults: dict[str, Any] = dict(compiled.params)
+        self.required = frozenset(bind.key for bind in compiled.binds.values() if bind.required)
         self.fields: tuple[str, ...] = tuple(template.selected_columns.keys())
+
+
+def _result_processed(type_: Any, dialect: Dialect) -> bool:
+    try:
+        return type_.dialect_impl(dialect).result_processor(dialect, None) is not None
+    except Exception:
+        # A processor that needs the column's database type to decide: refused too.
+        return True
 
 
 class DriverBytes(TypeDecorator[bytes]):
@@ -67,10 +76,17 @@ class DriverBytes(TypeDecorator[bytes]):
         return None
 
 
-@lru_cache(maxsize=64)
+# Per dialect (each engine has its own), dropped with it; the templates are few.
+_compiled: WeakKeyDictionary[Dialect, dict[AnySelect, Compiled]] = WeakKeyDictionary()
+
+
 def compiled(template: AnySelect, dialect: Dialect) -> Compiled:
-    """Compiled once per template: the templates are built once (lru_cache) too."""
-    return Compiled(template, dialect)
+    """Compiled once per template and dialect: the templates are built once too."""
+    per_dialect = _compiled.setdefault(dialect, {})
+    statement = per_dialect.get(template)
+    if statement is None:
+        statement = per_dialect[template] = Compiled(template, dialect)
+    return statement
 
 
 class Fetched(NamedTuple):
@@ -85,28 +101,43 @@ def fetch_all(executor: Executor, template: AnySelect, params: Mapping[str, Any]
     and a lost connection is invalidated as SQLAlchemy's own execute does."""
     connection: Connection = executor.connection() if isinstance(executor, Session) else executor
     statement = compiled(template, connection.dialect)
+    if not statement.required.issubset(params):
+        missing = ", ".join(sorted(statement.required.difference(params)))
+        # As SQLAlchemy's execute: never a NULL in place of a forgotten value.
+        raise ValueError(f"no value given for bind parameter(s) {missing}")
     values = {**statement.defaults, **params}
     if not connection.in_transaction() and not is_autocommit(connection):
         # As SQLAlchemy's execute does ("autobegin"): so a later commit() or
         # rollback() of this connection covers the statement. With autocommit
         # there is nothing to cover, and its rollback at close costs 0.01 ms.
         connection.begin()
-    driver = cast(psycopg.Connection[Any], connection.connection.driver_connection)
-    cursor = driver.cursor()
-    # Listeners see the statement as they see SQLAlchemy's (the /metrics round trips).
-    connection.dispatch.before_cursor_execute(
-        connection, cursor, statement.sql, values, None, False
-    )
-    if connection.engine.echo:
-        _echo.info("%s\n%r", statement.sql, values)
+    cursor = None
     try:
+        driver = cast(psycopg.Connection[Any], connection.connection.driver_connection)
+        cursor = driver.cursor()
+        # Listeners see the statement as they see SQLAlchemy's (the /metrics round trips).
+        connection.dispatch.before_cursor_execute(
+            connection, cursor, statement.sql, values, None, False
+        )
+        log = connection.engine.logger
+        if log.isEnabledFor(logging.INFO):
+            # Where SQLAlchemy's echo logs its own statements.
+            log.info("%s", statement.sql)
+            log.info("[driver] %r", "[hidden]" if connection.engine.hide_parameters else values)
         cursor.execute(statement.sql, values)
-        return Fetched(cursor.fetchall(), statement.fields)
-    except psycopg.Error as exc:
-        # SQLAlchemy's own handling: its exception types, the handle_error
-        # listeners (chatdb.db's lost-connection check), and invalidation.
+        rows = cursor.fetchall()
+        connection.dispatch.after_cursor_execute(
+            connection, cursor, statement.sql, values, None, False
+        )
+        return Fetched(rows, statement.fields)
+    except BaseException as exc:
+        # SQLAlchemy's own handling, as its execute does for any exception:
+        # its exception types for psycopg's, the handle_error listeners
+        # (chatdb.db's lost-connection check), invalidation of a lost
+        # connection; anything else is raised as it is.
         connection._handle_dbapi_exception(
-            exc, statement.sql, values, cast(DBAPICursor, cursor), None
+            exc, statement.sql, values, cast(DBAPICursor | None, cursor), None
         )
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()

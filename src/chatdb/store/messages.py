@@ -522,8 +522,7 @@ def list_messages(
         # The conversation is missing or the actor is not a member: both read as
         # "not found", so a non-member learns nothing.
         raise NotFound(f"no conversation with id {conversation_id}")
-    # _page_template's first column is the conversation's last seq.
-    last_seq: int = rows[0][0]
+    last_seq: int = rows[0][fields.index("conversation_last_seq")]
     # One row more than asked tells whether there is another page. A page with
     # no messages is one row whose message columns are NULL (a left join), so
     # the first row tells for all.
