@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -37,3 +38,16 @@ def send(
         body=body,
         idempotency_key=key,
     )
+
+
+PASSPHRASE = "a long passphrase"
+
+
+def sign_in(session: Session, user: User) -> str:
+    """A live token for `user`, through the store's own sign-in."""
+    store.set_password(session=session, user_id=user.id, password=PASSPHRASE)
+    signed_in = store.sign_in(
+        session=session, username=user.username, password=PASSPHRASE, lifetime=timedelta(hours=1)
+    )
+    assert signed_in is not None
+    return signed_in[0]

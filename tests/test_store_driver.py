@@ -23,7 +23,7 @@ from chatdb.store.reports import (
     _inbox_query,
 )
 from chatdb.store.types import AnySelect, InboxCursor
-from tests.factories import make_group, make_user, send
+from tests.factories import make_group, make_user, send, sign_in
 
 
 def _statements(engine: Engine) -> list[tuple[AnySelect, dict[str, Any]]]:
@@ -46,14 +46,7 @@ def _statements(engine: Engine) -> list[tuple[AnySelect, dict[str, Any]]]:
         store.add_reaction(
             session=session, conversation_id=group.id, seq=first.seq, user_id=bob.id, emoji="👍"
         )
-        store.set_password(session=session, user_id=alice.id, password="a long passphrase")
-        signed_in = store.sign_in(
-            session=session,
-            username="alice",
-            password="a long passphrase",
-            lifetime=timedelta(hours=1),
-        )
-    assert signed_in is not None
+        token = sign_in(session, alice)
     newest = datetime.now(UTC) + timedelta(days=1)
     today = datetime.now(UTC).date()
     pages = [
@@ -73,7 +66,7 @@ def _statements(engine: Engine) -> list[tuple[AnySelect, dict[str, Any]]]:
             for zone in ("UTC", "Asia/Kolkata")
             for user in (None, alice.id)
         ),
-        (_USER_FOR_TOKEN, {"token_hash": token_digest(signed_in[0])}),
+        (_USER_FOR_TOKEN, {"token_hash": token_digest(token)}),
     ]
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from chatdb import store
 from chatdb.db import reads, transaction
 from chatdb.store import Executor
-from tests.factories import make_group, make_user, send
+from tests.factories import make_group, make_user, send, sign_in
 
 
 def _reads_taking_a_connection() -> set[str]:
@@ -52,15 +52,7 @@ def test_every_read_gives_the_same_answer_on_a_session_and_a_connection(
         send(session, group, bob, "soon gone")
         store.delete_message(session=session, conversation_id=group.id, seq=3, actor_id=bob.id)
         store.mark_read(session=session, conversation_id=group.id, user_id=alice.id, seq=1)
-        store.set_password(session=session, user_id=alice.id, password="a long passphrase")
-        signed_in = store.sign_in(
-            session=session,
-            username="alice",
-            password="a long passphrase",
-            lifetime=timedelta(hours=1),
-        )
-    assert signed_in is not None
-    token = signed_in[0]
+        token = sign_in(session, alice)
     today = datetime.now(UTC).date()
 
     reads_of: dict[str, Callable[[Any], object]] = {
