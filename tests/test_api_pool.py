@@ -7,11 +7,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from httpx2 import Response
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from chatdb.api.app import create_app
-from chatdb.db import make_engine, psycopg_conninfo
+from chatdb.db import engine_for_reads, make_engine, psycopg_conninfo, read_connection
 from tests.api_support import PASSWORD, Api, api_settings
 
 
@@ -34,17 +35,30 @@ def small_pool_api(fresh_database: URL) -> Iterator[tuple[Api, Engine]]:
 def test_pool_exhaustion_answers_503_with_retry_after(
     small_pool_api: tuple[Api, Engine],
 ) -> None:
+    """Each pool on its own: with no connection for reads left, a GET gets 503
+    and a write still goes through; with none for transactions, the reverse."""
     api, engine = small_pool_api
     alice = api.account("alice")
-    assert api.client.get("/v1/me", headers=alice.auth).status_code == 200
-    with engine.connect():  # the only connection, held
-        busy = api.client.get("/v1/me", headers=alice.auth)
-    assert busy.status_code == 503
-    assert busy.headers["content-type"] == "application/problem+json"
-    assert busy.headers["retry-after"] == "1"
-    assert busy.json()["code"] == "busy"
-    # Once the connection is back, requests succeed again.
-    assert api.client.get("/v1/me", headers=alice.auth).status_code == 200
+
+    def read() -> Response:
+        return api.client.get("/v1/me", headers=alice.auth)
+
+    def write() -> Response:
+        return api.client.patch(
+            f"/v1/users/{alice.id}", json={"display_name": "Alice"}, headers=alice.auth
+        )
+
+    assert read().status_code == 200
+    for held, busy, free in ((read_connection, read, write), (Engine.connect, write, read)):
+        with held(engine):  # the pool's only connection
+            refused = busy()
+            assert free().status_code == 200
+        assert refused.status_code == 503
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["code"] == "busy"
+        # Once the connection is back, requests succeed again.
+        assert busy().status_code == 200
 
 
 def test_requests_succeed_after_the_server_drops_every_connection(
@@ -116,4 +130,5 @@ def test_a_refused_request_gives_its_connection_back(
     ]
     assert [r.status_code for r in refused] == [422, 403, 403, 404]
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert engine_for_reads(engine).pool.checkedout() == 0  # type: ignore[attr-defined]
     assert api.client.get("/v1/me", headers=alice.auth).status_code == 200

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from chatdb import store
-from chatdb.db import connection_lost, psycopg_conninfo, reads, transaction
+from chatdb.db import connection_lost, engine_for_reads, psycopg_conninfo, reads, transaction
 from tests.api_support import Api
 from tests.factories import make_group, make_user, send
 from tests.test_events import WAIT
@@ -236,7 +236,7 @@ def test_a_read_whose_connection_dies_counts_it_lost_and_the_next_gets_a_live_on
         group = make_group(session, alice, bob)
         send(session, group, alice, "hello")
     with (
-        connection_killed_at(fresh_engine, "conversation_last_seq") as seen,
+        connection_killed_at(engine_for_reads(fresh_engine), "conversation_last_seq") as seen,
         reads(fresh_engine) as connection,
         pytest.raises(OperationalError) as caught,
     ):

@@ -7,8 +7,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
 
 from chatdb.api.app import create_app
-from chatdb.db import make_engine
+from chatdb.db import engine_for_reads, make_engine, read_connection
 from tests.api_support import Api, api_settings
 from tests.conftest import TEST_SETTINGS
 
@@ -90,21 +91,26 @@ def test_round_trips_of_a_message_page(fresh_engine: Engine) -> None:
     conversation = api.group(alice, bob)
     api.send(alice, conversation, "hello")
     before = scrape(api)
-    checkouts: list[object] = []
+    readers = engine_for_reads(fresh_engine)
+    checkouts: dict[Engine, list[object]] = {fresh_engine: [], readers: []}
 
-    def checked_out(*args: object) -> None:
-        checkouts.append(args)
+    def checked_out(engine: Engine) -> Callable[..., None]:
+        return lambda *args: checkouts[engine].append(args)
 
-    event.listen(fresh_engine, "checkout", checked_out)
+    listeners = [(engine, checked_out(engine)) for engine in checkouts]
+    for engine, listener in listeners:
+        event.listen(engine, "checkout", listener)
     response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
-    event.remove(fresh_engine, "checkout", checked_out)
+    for engine, listener in listeners:
+        event.remove(engine, "checkout", listener)
     assert response.status_code == 200
     after = scrape(api)
     assert round_trips(after, "statement") - round_trips(before, "statement") == 2
     for kind in ("begin", "commit", "rollback"):
         assert round_trips(after, kind) == round_trips(before, kind), kind
-    # Both on one connection: the handler continued the token check's.
-    assert len(checkouts) == 1
+    # Both on one connection for reads: the handler continued the token check's.
+    assert len(checkouts[readers]) == 1
+    assert checkouts[fresh_engine] == []
 
     # A send is a write: one transaction, the token check its first statement.
     before = after
@@ -147,21 +153,30 @@ def test_round_trips_on_the_wire_of_a_read_a_write_and_a_search(
     BEGIN or COMMIT; a send is one transaction with the token check in it, and
     so is a search (its SET LOCAL needs one). No liveness ping, no SET, no
     second transaction for the token."""
-    trace = tmp_path / "libpq.trace"
     engine = make_engine(fresh_database, TEST_SETTINGS)
-    with trace.open("w") as out:
+    # A file per pool (transactions, reads): each connection names its
+    # prepared statements _pg3_0, _pg3_1, ... on its own.
+    traces = [tmp_path / "transactions.trace", tmp_path / "reads.trace"]
+    with ExitStack() as files:
+        outs = [files.enter_context(trace.open("w")) for trace in traces]
 
-        def traced(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.pgconn.trace(out.fileno())
-            dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        def tracing_to(out: TextIO) -> Callable[[Any, Any], None]:
+            def traced(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.pgconn.trace(out.fileno())
+                dbapi_connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+            return traced
 
         def sent_by(request: Callable[[], int]) -> list[str]:
-            already = len(_requests_sent(trace))
+            already = [len(_requests_sent(trace)) for trace in traces]
             assert request() in (200, 201)
-            out.flush()
-            return _requests_sent(trace)[already:]
+            for out in outs:
+                out.flush()
+            new = (_requests_sent(trace)[n:] for trace, n in zip(traces, already, strict=True))
+            return [sent for each in new for sent in each]
 
-        event.listen(engine, "connect", traced)
+        event.listen(engine, "connect", tracing_to(outs[0]))
+        event.listen(engine_for_reads(engine), "connect", tracing_to(outs[1]))
         try:
             api = Api(TestClient(create_app(engine, api_settings())))
             alice, bob = api.account("alice"), api.account("bob")
@@ -220,48 +235,69 @@ def one_connection_api(fresh_database: URL) -> Iterator[tuple[Api, Engine]]:
     engine.dispose()
 
 
-def scrape_until(
-    api: Api, name: str, value: float
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Scrape until the gauge `name` reads `value`, or give up after a while (a
-    bounded poll, not a timing claim). A request's connection goes back to the
-    pool as its last step, which may finish just after the client has its
-    response; a leak keeps it in use for good and still fails."""
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def pool_gauge(samples: Samples, name: str, pool: str) -> float:
+    return samples[(f"chatdb_db_pool_{name}", (("pool", pool),))]
+
+
+def scrape_until(api: Api, name: str, pool: str, value: float) -> Samples:
+    """Scrape until the gauge `name` of `pool` reads `value`, or give up after
+    a while (a bounded poll, not a timing claim). A request's connection goes
+    back to the pool as its last step, which may finish just after the client
+    has its response; a leak keeps it in use for good and still fails."""
     for _ in range(200):
         samples = scrape(api)
-        if samples[(name, ())] == value:
+        if pool_gauge(samples, name, pool) == value:
             break
         time.sleep(0.02)
     return samples
 
 
-def test_pool_in_use_idle_and_waiting(one_connection_api: tuple[Api, Engine]) -> None:
+@pytest.mark.parametrize("pool", ["reads", "transactions"])
+def test_pool_in_use_idle_and_waiting(one_connection_api: tuple[Api, Engine], pool: str) -> None:
+    """Each pool on its own: a GET waits for the pool for reads, a write for
+    the pool for transactions."""
     api, engine = one_connection_api
-    alice = api.account("alice")
-    samples = scrape_until(api, "chatdb_db_pool_in_use", 0)
-    assert samples[("chatdb_db_pool_size", ())] == 1
-    assert samples[("chatdb_db_pool_in_use", ())] == 0
-    assert samples[("chatdb_db_pool_idle", ())] == 1
-    assert samples[("chatdb_db_pool_waiting", ())] == 0
+    alice = api.account("alice")  # writes: a connection for transactions
+    assert api.client.get("/v1/me", headers=alice.auth).status_code == 200  # and one for reads
+    for each in ("reads", "transactions"):
+        samples = scrape_until(api, "in_use", each, 0)
+        assert pool_gauge(samples, "size", each) == 1
+        assert pool_gauge(samples, "in_use", each) == 0
+        assert pool_gauge(samples, "idle", each) == 1
+        assert pool_gauge(samples, "waiting", each) == 0
 
-    held = engine.connect()  # the only connection
+    if pool == "reads":
+        held = read_connection(engine)  # the only connection for reads
+
+        def request() -> int:
+            return api.client.get("/v1/me", headers=alice.auth).status_code
+
+    else:
+        held = engine.connect()  # the only connection for transactions
+
+        def request() -> int:
+            return api.client.patch(
+                f"/v1/users/{alice.id}", json={"display_name": "Alice"}, headers=alice.auth
+            ).status_code
+
     statuses: list[int] = []
-    waiter = threading.Thread(
-        target=lambda: statuses.append(api.client.get("/v1/me", headers=alice.auth).status_code)
-    )
+    waiter = threading.Thread(target=lambda: statuses.append(request()))
     waiter.start()
     try:
-        samples = scrape_until(api, "chatdb_db_pool_waiting", 1)
-        assert samples[("chatdb_db_pool_waiting", ())] == 1
-        assert samples[("chatdb_db_pool_in_use", ())] == 1
-        assert samples[("chatdb_db_pool_idle", ())] == 0
+        samples = scrape_until(api, "waiting", pool, 1)
+        assert pool_gauge(samples, "waiting", pool) == 1
+        assert pool_gauge(samples, "in_use", pool) == 1
+        assert pool_gauge(samples, "idle", pool) == 0
     finally:
         held.close()
         waiter.join()
     assert statuses == [200]
-    samples = scrape_until(api, "chatdb_db_pool_in_use", 0)
-    assert samples[("chatdb_db_pool_waiting", ())] == 0
-    assert samples[("chatdb_db_pool_in_use", ())] == 0
+    samples = scrape_until(api, "in_use", pool, 0)
+    assert pool_gauge(samples, "waiting", pool) == 0
+    assert pool_gauge(samples, "in_use", pool) == 0
 
 
 def test_metrics_need_the_admin_key(api: Api) -> None:

@@ -9,6 +9,9 @@ benchmark's own reads, each step timed in turn in one loop, in random order
   (the benchmark's SQLAlchemy floor);
 - SQLAlchemy session: the same in a Session on such a connection, as
   chatdb.db.reads() opened it until a Connection replaced it;
+- data layer, switched: the store function on a connection of the pool for
+  transactions, switched to autocommit and back, as chatdb.db.reads() took
+  one until it had a pool of its own;
 - data layer: the store function in chatdb.db.reads(), as the API's GETs run it.
 
     python docs/bench/read_paths.py [SIZE] [ROUNDS]   # after `chatdb bench --size SIZE`
@@ -55,11 +58,17 @@ for op in ops:
             session.connection(execution_options=AUTOCOMMIT)
             return session.execute(statement).all()
 
+    def switched(call: Any = op.call) -> object:
+        with engine.connect() as connection:
+            connection.execution_options(**AUTOCOMMIT)
+            return call(connection)
+
     timed = time_interleaved(
         {
             "bare": floor_call(bare, sql, params),
             "SQLAlchemy connection": sqlalchemy_floor(engine, statement, custom_plans=False),
             "SQLAlchemy session": on_session,
+            "data layer, switched": switched,
             "data layer": read_call(engine, op.call, in_transaction=False),
         },
         budget,

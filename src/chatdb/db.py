@@ -9,17 +9,19 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.engine.interfaces import IsolationLevel
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import PoolResetState
 
 from chatdb.config import Settings, get_settings
 from chatdb.errors import DatabaseUnavailable
@@ -159,14 +161,37 @@ def database_url() -> URL:
 
 
 def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = False) -> Engine:
-    """The engine and pool. Without `pre_ping` a pooled connection is not
-    checked before use (that check is a round trip per transaction): the
-    API's transactions find a dead one with their first statement and retry
-    it (api.deps.Database); `pre_ping` is for callers that cannot."""
+    """The engine and pool for transactions, and beside it a pool of its own
+    for reads() (engine_for_reads), each of settings.pool_size connections
+    plus the overflow. Without `pre_ping` a pooled connection is not checked
+    before use (that check is a round trip per transaction): the API's
+    transactions and reads find a dead one with their first statement and
+    retry it (api.deps.Database); `pre_ping` is for callers that cannot."""
     settings = settings or get_settings()
+    # What chatdb's concurrency reasoning assumes (see reads()), whatever the
+    # server's default_transaction_isolation; SQLAlchemy sets it again on a
+    # connection that ran with another level (the live-update hub).
+    engine = _create_engine(url, settings, pre_ping, "READ COMMITTED", "chatdb")
+    # In autocommit from connect to close: switching a pooled connection to
+    # autocommit and back for each read cost 0.035 ms, a tenth of a page read.
+    readers = _create_engine(url, settings, pre_ping, "AUTOCOMMIT", "chatdb reads")
+    _read_engines[engine] = readers
+    _autocommit_engines.add(readers)
+    event.listen(engine, "engine_disposed", partial(_dispose_too, readers))
+    return engine
+
+
+def _create_engine(
+    url: URL,
+    settings: Settings,
+    pre_ping: bool,
+    isolation_level: IsolationLevel,
+    application_name: str,
+) -> Engine:
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.connect_timeout_seconds,
-        "application_name": "chatdb",
+        # Which pool a server process serves, in pg_stat_activity.
+        "application_name": application_name,
     }
     # Settings go in the startup packet, not a SET after connecting (two round
     # trips per connection). All timestamps go out and come back in UTC,
@@ -177,21 +202,54 @@ def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = 
     if settings.statement_timeout_ms:
         options.append(f"-c statement_timeout={settings.statement_timeout_ms}")
     connect_args["options"] = " ".join(options)
+    autocommit = isolation_level == "AUTOCOMMIT"
     engine = create_engine(
         url,
-        # What chatdb's concurrency reasoning assumes (see reads()), whatever the
-        # server's default_transaction_isolation; SQLAlchemy sets it again on a
-        # connection that ran with another level (reads(), the live-update hub).
-        isolation_level="READ COMMITTED",
+        isolation_level=isolation_level,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_max_overflow,
         pool_timeout=settings.pool_timeout_seconds,
         pool_pre_ping=pre_ping,
+        # An autocommit connection has no transaction to roll back when it is
+        # returned (a rollback psycopg skips, for 0.006 ms of Python): only one
+        # left open by an explicit BEGIN is (_end_transaction_left_open).
+        pool_reset_on_return=None if autocommit else "rollback",
         echo=settings.echo_sql,
         connect_args=connect_args,
     )
+    if autocommit:
+        event.listen(engine.pool, "reset", _end_transaction_left_open)
     event.listen(engine, "handle_error", _unusable_connection_is_lost)
     return engine
+
+
+# Each make_engine() engine's engine for reads(), dropped with it.
+_read_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+_autocommit_engines: WeakSet[Engine] = WeakSet()
+
+
+def engine_for_reads(engine: Engine) -> Engine:
+    """The engine whose pool reads() takes connections from: the autocommit
+    one make_engine() made beside `engine`, or `engine` itself for an engine
+    made otherwise (reads() then switches its connection to autocommit and
+    back)."""
+    return _read_engines.get(engine, engine)
+
+
+def _dispose_too(readers: Engine, _engine: Engine) -> None:
+    readers.dispose()
+
+
+def _end_transaction_left_open(
+    dbapi_connection: Any, _record: object, state: PoolResetState
+) -> None:
+    """Reset on return for an autocommit pool: roll back only a connection
+    that is in a transaction after all (an explicit BEGIN on it)."""
+    if state.transaction_was_reset:
+        return
+    if dbapi_connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        # A broken connection raises here; the pool then discards it.
+        dbapi_connection.rollback()
 
 
 # The server ended the session: administrator command, crash, startup,
@@ -276,7 +334,10 @@ AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 def is_autocommit(connection: Connection) -> bool:
     """Whether `connection` runs without transaction blocks (reads())."""
-    return connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    level = connection.get_execution_options().get("isolation_level")
+    if level is not None:
+        return bool(level == "AUTOCOMMIT")
+    return connection.engine in _autocommit_engines
 
 
 @contextmanager
@@ -295,11 +356,15 @@ def reads(engine: Engine | None = None) -> Iterator[Connection]:
 
 
 def read_connection(engine: Engine) -> Connection:
-    """A pooled connection for reads(): autocommit is set on it before its
-    first statement, which costs no round trip. The pool puts the isolation
-    level back when it is returned."""
-    connection = engine.connect()
+    """A pooled connection for reads(), from `engine`'s pool for reads
+    (engine_for_reads), whose connections stay in autocommit."""
+    readers = engine_for_reads(engine)
+    connection = readers.connect()
+    if readers in _autocommit_engines:
+        return connection
     try:
+        # Set before the first statement, which costs no round trip; the pool
+        # puts the isolation level back when the connection is returned.
         connection.execution_options(**AUTOCOMMIT)
     except BaseException:
         connection.close()

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from chatdb import store
 from chatdb.api.cursors import CursorCodec
 from chatdb.api.errors import ApiError
-from chatdb.api.metrics import Metrics
+from chatdb.api.metrics import READS, TRANSACTIONS, Metrics
 from chatdb.config import Settings
 from chatdb.db import (
     connection_lost,
@@ -46,7 +46,9 @@ class Database:
     the handler's transaction, so the check costs no transaction of its own. A
     GET changes nothing: its token check and reads run on a Connection without
     a transaction block (reads()), two round trips fewer than BEGIN ... COMMIT,
-    unless its endpoint is marked reads_in_one_transaction."""
+    unless its endpoint is marked reads_in_one_transaction. Such connections
+    come from a pool of their own (chatdb.db.engine_for_reads), so a pool
+    that runs out stops either reads or writes, not both."""
 
     engine: Engine
     router: ReadRouter
@@ -157,7 +159,7 @@ class Database:
         # get_principal).
         self.close_opened()
         with self.router.read_transaction(self._caller()) as session:
-            with self._waiting_for_connection():
+            with self._waiting_for_connection(TRANSACTIONS):
                 session.connection()
             yield session
 
@@ -202,7 +204,7 @@ class Database:
         is seen."""
         session = session_factory(self.engine)()
         try:
-            with self._waiting_for_connection():
+            with self._waiting_for_connection(TRANSACTIONS):
                 session.connection()
         except BaseException:
             session.close()
@@ -210,12 +212,15 @@ class Database:
         return session
 
     def _new_connection(self) -> Connection:
-        """A connection for reads without a transaction block (chatdb.db.reads)."""
-        with self._waiting_for_connection():
+        """A connection for reads without a transaction block (chatdb.db.reads),
+        from the pool for reads."""
+        with self._waiting_for_connection(READS):
             return read_connection(self.engine)
 
-    def _waiting_for_connection(self) -> AbstractContextManager[None]:
-        return nullcontext() if self.metrics is None else self.metrics.waiting_for_connection()
+    def _waiting_for_connection(self, pool: str) -> AbstractContextManager[None]:
+        if self.metrics is None:
+            return nullcontext()
+        return self.metrics.waiting_for_connection(pool)
 
     def _caller(self) -> int | None:
         caller: int | None = getattr(self.request.state, "caller_key", None)

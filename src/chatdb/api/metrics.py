@@ -17,7 +17,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.pool import QueuePool
 
-from chatdb.db import is_autocommit
+from chatdb.db import engine_for_reads, is_autocommit
+
+# The pools, as /metrics labels them.
+TRANSACTIONS, READS = "transactions", "reads"
 
 # Milliseconds to seconds: the API's reads take about a millisecond, reports longer.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -42,11 +45,18 @@ class Metrics:
         )
         self.pool_waiting = Gauge(
             "chatdb_db_pool_waiting",
-            "Requests waiting for a pooled connection.",
+            "Requests waiting for a pooled connection, by pool.",
+            ("pool",),
             registry=self.registry,
         )
-        self.registry.register(_PoolCollector(engine))
-        self._watch(engine)
+        # Two pools (chatdb.db.make_engine): transactions, and reads without one.
+        pools = {TRANSACTIONS: engine}
+        if (readers := engine_for_reads(engine)) is not engine:
+            pools[READS] = readers
+        self.registry.register(_PoolCollector(pools))
+        self._listeners: list[tuple[Engine, str, Any]] = []
+        for watched in pools.values():
+            self._watch(watched)
 
     def _watch(self, engine: Engine) -> None:
         statements = self.round_trips.labels("statement")
@@ -68,53 +78,58 @@ class Metrics:
 
             return listener
 
-        # Kept on the object: SQLAlchemy holds listeners weakly only when asked to.
-        self._listeners = [
+        for name, listener in (
             ("before_cursor_execute", count(statements)),
             ("begin", count_sent(begins)),
             ("commit", count_sent(commits)),
             ("rollback", count_sent(rollbacks)),
-        ]
-        for name, listener in self._listeners:
+        ):
             event.listen(engine, name, listener)
-        self._engine = engine
+            # Kept on the object: SQLAlchemy holds listeners weakly only when asked to.
+            self._listeners.append((engine, name, listener))
 
     def close(self) -> None:
         """Stop counting (the engine may outlive the app, as in the tests)."""
-        for name, listener in self._listeners:
-            if event.contains(self._engine, name, listener):
-                event.remove(self._engine, name, listener)
+        for engine, name, listener in self._listeners:
+            if event.contains(engine, name, listener):
+                event.remove(engine, name, listener)
 
     @contextmanager
-    def waiting_for_connection(self) -> Iterator[None]:
-        self.pool_waiting.inc()
+    def waiting_for_connection(self, pool: str) -> Iterator[None]:
+        """Around taking a connection from `pool` (TRANSACTIONS or READS)."""
+        waiting = self.pool_waiting.labels(pool)
+        waiting.inc()
         try:
             yield
         finally:
-            self.pool_waiting.dec()
+            waiting.dec()
 
 
 class _PoolCollector(Collector):
-    """The pool's state, read when scraped (nothing to keep up to date in between)."""
+    """The pools' state, read when scraped (nothing to keep up to date in between)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, pools: dict[str, Engine]) -> None:
+        self.pools = pools
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        pool = self.engine.pool
-        in_use = idle = 0
-        if isinstance(pool, QueuePool):
-            in_use, idle = pool.checkedout(), pool.checkedin()
-        yield GaugeMetricFamily(
-            "chatdb_db_pool_in_use", "Pooled connections checked out now.", value=in_use
+        in_use = GaugeMetricFamily(
+            "chatdb_db_pool_in_use", "Pooled connections checked out now.", labels=("pool",)
         )
-        yield GaugeMetricFamily(
-            "chatdb_db_pool_idle", "Pooled connections open and free now.", value=idle
+        idle = GaugeMetricFamily(
+            "chatdb_db_pool_idle", "Pooled connections open and free now.", labels=("pool",)
         )
-        size = pool.size() if isinstance(pool, QueuePool) else 0
-        yield GaugeMetricFamily(
-            "chatdb_db_pool_size", "Connections the pool keeps (overflow aside).", value=size
+        size = GaugeMetricFamily(
+            "chatdb_db_pool_size",
+            "Connections the pool keeps (overflow aside).",
+            labels=("pool",),
         )
+        for name, engine in self.pools.items():
+            pool = engine.pool
+            if isinstance(pool, QueuePool):
+                in_use.add_metric((name,), pool.checkedout())
+                idle.add_metric((name,), pool.checkedin())
+                size.add_metric((name,), pool.size())
+        yield from (in_use, idle, size)
 
 
 class RequestTimer:
