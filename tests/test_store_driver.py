@@ -18,11 +18,12 @@ from chatdb.store.accounts import _USER_FOR_TOKEN
 from chatdb.store.messages import _page_query
 from chatdb.store.reports import (
     _activity_query,
+    _activity_template,
     _inactive_params,
     _inactive_template,
     _inbox_query,
 )
-from chatdb.store.types import AnySelect, InboxCursor
+from chatdb.store.types import ActivityRow, AnySelect, InactiveUser, InboxCursor
 from tests.factories import make_group, make_user, send, sign_in
 
 
@@ -151,3 +152,23 @@ def test_listeners_and_the_echo_log_see_the_statement(
     assert "last_message_at" in sql
     assert done[-1] == sql
     assert any(sql in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("row_type", "template"),
+    [
+        (InactiveUser, _inactive_template()),
+        *(
+            (ActivityRow, _activity_template(hourly, for_user))
+            for hourly in (True, False)
+            for for_user in (True, False)
+        ),
+    ],
+)
+def test_rows_made_named_tuples_by_position_come_in_their_fields_order(
+    row_type: type[tuple[Any, ...]], template: AnySelect
+) -> None:
+    """These reads make each row a named tuple with _make, by position: a
+    column added or moved in the query must not shift every value to a wrong
+    name unseen."""
+    assert tuple(template.selected_columns.keys()) == row_type._fields  # type: ignore[attr-defined]

@@ -333,7 +333,12 @@ def _activity_template(hourly: bool, for_user: bool) -> AnySelect:
     # rows on a large chat, and the ORM's per-row handling doubled the time.
     users = U.__table__
     return (
-        select(counts_sq.c.sender_id, users.c.username, counts_sq.c.day, counts_sq.c.message_count)
+        select(
+            counts_sq.c.sender_id.label("user_id"),
+            users.c.username,
+            counts_sq.c.day,
+            counts_sq.c.message_count,
+        )
         .select_from(counts_sq)
         .outerjoin(users, users.c.id == counts_sq.c.sender_id)
         .order_by(counts_sq.c.day, counts_sq.c.message_count.desc(), counts_sq.c.sender_id)
@@ -416,10 +421,7 @@ def inactive_users(
     limit = page_limit(limit)
     params = _inactive_params(days, after_id, limit, now)
     rows = fetch_all(session, _inactive_template(), params).rows
-    users = [
-        InactiveUser(id=id_, username=username, created_at=created_at, last_message_at=last_at)
-        for id_, username, created_at, last_at in rows[:limit]
-    ]
+    users = list(map(InactiveUser._make, rows[:limit]))
     return InactivePage(users=users, next_after_id=users[-1].id if len(rows) > limit else None)
 
 
