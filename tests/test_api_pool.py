@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 
 from chatdb.api.app import create_app
 from chatdb.db import engine_for_reads, make_engine, psycopg_conninfo, read_connection
-from tests.api_support import PASSWORD, Api, api_settings
+from tests.api_support import PASSWORD, Account, Api, api_settings
 
 
 @pytest.fixture
@@ -71,6 +71,7 @@ def test_requests_succeed_after_the_server_drops_every_connection(
     alice, bob = api.account("alice"), api.account("bob")
     conversation = api.group(alice, bob)
     api.send(alice, conversation, "before")
+    _both_pools_hold_a_connection(api, alice)
     _drop_every_connection(fresh_database)
     for _ in range(3):
         response = api.client.get(f"/v1/conversations/{conversation}/messages", headers=bob.auth)
@@ -78,14 +79,21 @@ def test_requests_succeed_after_the_server_drops_every_connection(
     assert api.send(bob, conversation, "after")["seq"] == 2
 
 
+def _both_pools_hold_a_connection(api: Api, who: Account) -> None:
+    """A GET, so the pool for reads has a connection to lose too (the writes
+    before it used the pool for transactions)."""
+    assert api.client.get("/v1/me", headers=who.auth).status_code == 200
+
+
 def _drop_every_connection(database: URL) -> None:
+    """Terminate every backend of the database, and check that both of
+    chatdb's pools had one."""
     with psycopg.connect(psycopg_conninfo(database), autocommit=True) as admin:
         killed = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "SELECT application_name, pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
-    assert killed is not None
-    assert killed[0] >= 1
+        ).fetchall()
+    assert {"chatdb", "chatdb reads"} <= {name for name, _ in killed}, killed
 
 
 @pytest.mark.parametrize(
@@ -99,6 +107,7 @@ def test_the_first_request_of_any_kind_after_the_connections_die_succeeds(
     /readyz) must survive a dead pool as well as those with one, and so must a
     search, which reads in a transaction where other GETs read without one."""
     alice = api.account("alice")
+    _both_pools_hold_a_connection(api, alice)
     _drop_every_connection(fresh_database)
     if first_request == "token":
         response = api.client.get("/v1/me", headers=alice.auth)

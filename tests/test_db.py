@@ -35,7 +35,6 @@ def test_reads_run_each_statement_on_its_own_and_a_transaction_does_not(
 
     with transaction(fresh_engine) as session:
         first, second = (session.execute(_XACT_ID).scalar_one() for _ in range(2))
-        # The pooled connection reads() used is back to transactions.
         assert not session.connection().connection.dbapi_connection.autocommit  # type: ignore[union-attr]
     assert first == second
 
@@ -90,6 +89,42 @@ def test_reads_take_connections_from_a_pool_of_their_own_that_stays_in_autocommi
     with transaction(fresh_engine) as session:
         assert not is_autocommit(session.connection())
         assert session.execute(text("SHOW application_name")).scalar_one() == "chatdb"
+
+
+def test_the_pool_for_reads_is_sized_by_its_own_settings_or_the_pools(
+    fresh_database: URL,
+) -> None:
+    sized = [
+        Settings(database_url=None, pool_size=3, pool_max_overflow=2),
+        Settings(
+            database_url=None,
+            pool_size=3,
+            pool_max_overflow=2,
+            read_pool_size=7,
+            read_pool_max_overflow=0,
+        ),
+    ]
+    expected = [(3, 2), (7, 0)]
+    for settings, (size, overflow) in zip(sized, expected, strict=True):
+        engine = make_engine(fresh_database, settings)
+        pool = engine_for_reads(engine).pool
+        assert (pool.size(), pool._max_overflow) == (size, overflow)  # type: ignore[attr-defined]
+        assert engine.pool.size() == 3  # type: ignore[attr-defined]
+        engine.dispose()
+    # Replicas' engines read in transactions: no pool for reads beside them.
+    engine = make_engine(fresh_database, TEST_SETTINGS, read_pool=False)
+    assert engine_for_reads(engine) is engine
+    engine.dispose()
+
+
+def test_a_copy_of_the_engine_for_reads_with_other_options_still_reads_in_autocommit(
+    fresh_engine: Engine,
+) -> None:
+    """execution_options() on an engine makes a copy sharing its pool and dialect."""
+    copy = engine_for_reads(fresh_engine).execution_options(logging_token="x")
+    with copy.connect() as connection:
+        assert is_autocommit(connection)
+        assert _autocommit(connection)
 
 
 @pytest.fixture

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     )
     pool_size: int = Field(default=10, ge=1, le=1000)
     pool_max_overflow: int = Field(default=5, ge=0, le=1000)
+    # The reads a GET makes take connections from a pool of their own (chatdb.db).
+    read_pool_size: int | None = Field(
+        default=None, ge=1, le=1000, description="Unset: the same as pool_size."
+    )
+    read_pool_max_overflow: int | None = Field(
+        default=None, ge=0, le=1000, description="Unset: the same as pool_max_overflow."
+    )
     pool_timeout_seconds: float = Field(default=5.0, gt=0)
     connect_timeout_seconds: int = Field(default=5, ge=1)
     statement_timeout_ms: int = Field(

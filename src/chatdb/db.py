@@ -17,7 +17,7 @@ from weakref import WeakKeyDictionary, WeakSet
 import psycopg
 from psycopg import sql
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.engine import URL, Dialect, ExceptionContext, make_url
 from sqlalchemy.engine.interfaces import IsolationLevel
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -160,24 +160,52 @@ def database_url() -> URL:
     return normalize_url(settings.database_url)
 
 
-def make_engine(url: URL, settings: Settings | None = None, *, pre_ping: bool = False) -> Engine:
-    """The engine and pool for transactions, and beside it a pool of its own
-    for reads() (engine_for_reads), each of settings.pool_size connections
-    plus the overflow. Without `pre_ping` a pooled connection is not checked
-    before use (that check is a round trip per transaction): the API's
-    transactions and reads find a dead one with their first statement and
-    retry it (api.deps.Database); `pre_ping` is for callers that cannot."""
+def make_engine(
+    url: URL,
+    settings: Settings | None = None,
+    *,
+    pre_ping: bool = False,
+    read_pool: bool = True,
+) -> Engine:
+    """The engine and pool for transactions and, unless `read_pool` is False,
+    beside it a pool of its own for reads() (engine_for_reads), sized by
+    settings.read_pool_size and read_pool_max_overflow. Without `pre_ping` a
+    pooled connection is not checked before use (that check is a round trip
+    per transaction): the API's transactions and reads find a dead one with
+    their first statement and retry it (api.deps.Database); `pre_ping` is for
+    callers that cannot."""
     settings = settings or get_settings()
     # What chatdb's concurrency reasoning assumes (see reads()), whatever the
     # server's default_transaction_isolation; SQLAlchemy sets it again on a
     # connection that ran with another level (the live-update hub).
-    engine = _create_engine(url, settings, pre_ping, "READ COMMITTED", "chatdb")
-    # In autocommit from connect to close: switching a pooled connection to
-    # autocommit and back for each read cost 0.035 ms, a tenth of a page read.
-    readers = _create_engine(url, settings, pre_ping, "AUTOCOMMIT", "chatdb reads")
-    _read_engines[engine] = readers
-    _autocommit_engines.add(readers)
-    event.listen(engine, "engine_disposed", partial(_dispose_too, readers))
+    engine = _create_engine(
+        url,
+        settings,
+        pre_ping,
+        "READ COMMITTED",
+        "chatdb",
+        (settings.pool_size, settings.pool_max_overflow),
+    )
+    if read_pool:
+        # In autocommit from connect to close: switching a pooled connection to
+        # autocommit and back for each read cost 0.034 ms, and the rollback on
+        # its return 0.006 ms more, of a 0.45 ms page read.
+        readers = _create_engine(
+            url,
+            settings,
+            pre_ping,
+            "AUTOCOMMIT",
+            "chatdb reads",
+            (
+                settings.read_pool_size or settings.pool_size,
+                settings.pool_max_overflow
+                if settings.read_pool_max_overflow is None
+                else settings.read_pool_max_overflow,
+            ),
+        )
+        _read_engines[engine] = readers
+        _autocommit_dialects.add(readers.dialect)
+        event.listen(engine, "engine_disposed", partial(_dispose_too, readers, os.getpid()))
     return engine
 
 
@@ -187,6 +215,7 @@ def _create_engine(
     pre_ping: bool,
     isolation_level: IsolationLevel,
     application_name: str,
+    pool: tuple[int, int],
 ) -> Engine:
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.connect_timeout_seconds,
@@ -203,16 +232,17 @@ def _create_engine(
         options.append(f"-c statement_timeout={settings.statement_timeout_ms}")
     connect_args["options"] = " ".join(options)
     autocommit = isolation_level == "AUTOCOMMIT"
+    size, overflow = pool
     engine = create_engine(
         url,
         isolation_level=isolation_level,
-        pool_size=settings.pool_size,
-        max_overflow=settings.pool_max_overflow,
+        pool_size=size,
+        max_overflow=overflow,
         pool_timeout=settings.pool_timeout_seconds,
         pool_pre_ping=pre_ping,
         # An autocommit connection has no transaction to roll back when it is
-        # returned (a rollback psycopg skips, for 0.006 ms of Python): only one
-        # left open by an explicit BEGIN is (_end_transaction_left_open).
+        # returned: only one left open by an explicit BEGIN is
+        # (_end_transaction_left_open).
         pool_reset_on_return=None if autocommit else "rollback",
         echo=settings.echo_sql,
         connect_args=connect_args,
@@ -223,9 +253,10 @@ def _create_engine(
     return engine
 
 
-# Each make_engine() engine's engine for reads(), dropped with it.
+# Each make_engine() engine's engine for reads(), dropped with it; and the
+# dialects of those (an engine's execution_options() copies share its dialect).
 _read_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
-_autocommit_engines: WeakSet[Engine] = WeakSet()
+_autocommit_dialects: WeakSet[Dialect] = WeakSet()
 
 
 def engine_for_reads(engine: Engine) -> Engine:
@@ -236,8 +267,10 @@ def engine_for_reads(engine: Engine) -> Engine:
     return _read_engines.get(engine, engine)
 
 
-def _dispose_too(readers: Engine, _engine: Engine) -> None:
-    readers.dispose()
+def _dispose_too(readers: Engine, made_in: int, _engine: Engine) -> None:
+    # In a forked child the connections are the parent's: drop them from the
+    # pool without closing them, as SQLAlchemy's dispose(close=False) is for.
+    readers.dispose(close=os.getpid() == made_in)
 
 
 def _end_transaction_left_open(
@@ -245,9 +278,9 @@ def _end_transaction_left_open(
 ) -> None:
     """Reset on return for an autocommit pool: roll back only a connection
     that is in a transaction after all (an explicit BEGIN on it)."""
-    if state.transaction_was_reset:
+    if state.transaction_was_reset or state.terminate_only:
         return
-    if dbapi_connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    if dbapi_connection.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         # A broken connection raises here; the pool then discards it.
         dbapi_connection.rollback()
 
@@ -337,7 +370,7 @@ def is_autocommit(connection: Connection) -> bool:
     level = connection.get_execution_options().get("isolation_level")
     if level is not None:
         return bool(level == "AUTOCOMMIT")
-    return connection.engine in _autocommit_engines
+    return connection.dialect in _autocommit_dialects
 
 
 @contextmanager
@@ -360,7 +393,7 @@ def read_connection(engine: Engine) -> Connection:
     (engine_for_reads), whose connections stay in autocommit."""
     readers = engine_for_reads(engine)
     connection = readers.connect()
-    if readers in _autocommit_engines:
+    if readers.dialect in _autocommit_dialects:
         return connection
     try:
         # Set before the first statement, which costs no round trip; the pool

@@ -38,7 +38,11 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         engine,
         # Pinged before use: a read there has no statement to retry on a dead
         # connection (the primary's transactions do, see api.deps.Database).
-        [make_engine(normalize_url(url), settings, pre_ping=True) for url in settings.replica_urls],
+        # Their reads run in transactions (ReadRouter): no pool for reads.
+        [
+            make_engine(normalize_url(url), settings, pre_ping=True, read_pool=False)
+            for url in settings.replica_urls
+        ],
         settings.replica_retry_seconds,
     )
     metrics = Metrics(engine)

@@ -46,9 +46,9 @@ class Database:
     the handler's transaction, so the check costs no transaction of its own. A
     GET changes nothing: its token check and reads run on a Connection without
     a transaction block (reads()), two round trips fewer than BEGIN ... COMMIT,
-    unless its endpoint is marked reads_in_one_transaction. Such connections
-    come from a pool of their own (chatdb.db.engine_for_reads), so a pool
-    that runs out stops either reads or writes, not both."""
+    unless its endpoint is marked reads_in_one_transaction. Those reads take
+    their connection from a pool of their own (chatdb.db.engine_for_reads);
+    writes and reads in a transaction (a search) from the engine's."""
 
     engine: Engine
     router: ReadRouter

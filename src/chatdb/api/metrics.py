@@ -54,6 +54,8 @@ class Metrics:
         if (readers := engine_for_reads(engine)) is not engine:
             pools[READS] = readers
         self.registry.register(_PoolCollector(pools))
+        for pool in (TRANSACTIONS, READS):
+            self.pool_waiting.labels(pool)  # a series from the start, at 0
         self._listeners: list[tuple[Engine, str, Any]] = []
         for watched in pools.values():
             self._watch(watched)
