@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         return self.database_url is None
 
+    @property
+    def read_pool(self) -> tuple[int, int]:
+        """The pool for reads' size and overflow: its own settings, else the pool's."""
+        size = self.pool_size if self.read_pool_size is None else self.read_pool_size
+        overflow = (
+            self.pool_max_overflow
+            if self.read_pool_max_overflow is None
+            else self.read_pool_max_overflow
+        )
+        return size, overflow
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -196,12 +196,7 @@ def make_engine(
             pre_ping,
             "AUTOCOMMIT",
             "chatdb reads",
-            (
-                settings.read_pool_size or settings.pool_size,
-                settings.pool_max_overflow
-                if settings.read_pool_max_overflow is None
-                else settings.read_pool_max_overflow,
-            ),
+            settings.read_pool,
         )
         _read_engines[engine] = readers
         _autocommit_dialects.add(readers.dialect)
@@ -393,8 +388,8 @@ def read_connection(engine: Engine) -> Connection:
     (engine_for_reads), whose connections stay in autocommit."""
     readers = engine_for_reads(engine)
     connection = readers.connect()
-    if readers.dialect in _autocommit_dialects:
-        return connection
+    if readers is not engine:
+        return connection  # from make_engine's pool for reads, in autocommit
     try:
         # Set before the first statement, which costs no round trip; the pool
         # puts the isolation level back when the connection is returned.
