@@ -1,11 +1,22 @@
 """Messages: sending, seqs, idempotency, edits, soft delete, read markers."""
 
+from operator import itemgetter
+
 import pytest
 from sqlalchemy.orm import Session
 
 from chatdb import store
 from chatdb.errors import Conflict, Forbidden, Invalid, NotFound
-from tests.factories import make_group, make_user
+from chatdb.store._driver import fetch_all
+from chatdb.store.messages import (
+    _MESSAGE_FIELDS,
+    _PLAIN_FIELDS,
+    _message_from,
+    _messages,
+    _page_query,
+)
+from chatdb.store.types import Message
+from tests.factories import make_group, make_user, send
 
 
 def test_seqs_start_at_one_and_count_up(session: Session) -> None:
@@ -219,3 +230,47 @@ def test_paging_backward_and_forward(session: Session) -> None:
         store.list_messages(session=session, conversation_id=group.id, limit=201)
     with pytest.raises(Invalid):
         store.list_messages(session=session, conversation_id=group.id, before=3, after=1)
+
+
+def test_every_kind_of_message_is_made_as_message_from_makes_it(session: Session) -> None:
+    """_messages makes a plain message (no quote, no reactions, not deleted)
+    straight from its columns; it must come out as _message_from makes it, and
+    the others must still go through _message_from."""
+    alice, bob = make_user(session, display_name="Alice A."), make_user(session)
+    group = make_group(session, alice, bob)
+    for i in range(6):
+        send(session, group, alice if i % 2 else bob, f"m{i}")
+    store.send_message(
+        session=session, conversation_id=group.id, sender_id=bob.id, body="re", reply_to_seq=2
+    )
+    store.add_reaction(session=session, conversation_id=group.id, seq=3, user_id=bob.id, emoji="👍")
+    store.delete_message(session=session, conversation_id=group.id, seq=4, actor_id=alice.id)
+    store.edit_message(
+        session=session, conversation_id=group.id, seq=5, actor_id=bob.id, body="m4, edited"
+    )
+    template, params = _page_query(group.id, None, None, 20, alice.id)
+    rows, fields = fetch_all(session, template, params)
+    every = itemgetter(*(fields.index(name) for name in _MESSAGE_FIELDS))
+    expected = [_message_from(*every(row)) for row in rows]
+
+    made = _messages(rows, fields)
+
+    assert made == expected
+    assert all(type(message) is Message for message in made)
+    by_seq = {m.seq: m for m in made}
+    assert by_seq[1] == Message(
+        group.id, 1, bob.id, bob.username, None, "m0", by_seq[1].created_at, None, None
+    )
+    assert by_seq[7].reply_to is not None
+    assert by_seq[7].reply_to.seq == 2
+    assert [(r.emoji, r.count, r.me) for r in by_seq[3].reactions] == [("👍", 1, False)]
+    assert by_seq[4].body is None
+    assert by_seq[4].deleted_at is not None
+    assert by_seq[5].body == "m4, edited"
+    assert by_seq[5].edited_at is not None
+    assert by_seq[2].reply_count == 1
+
+
+def test_a_plain_messages_columns_are_its_first_fields() -> None:
+    assert _MESSAGE_FIELDS[: len(_PLAIN_FIELDS)] == _PLAIN_FIELDS
+    assert _PLAIN_FIELDS[-1] == "deleted_at"
