@@ -254,8 +254,12 @@ def test_every_kind_of_message_is_made_as_message_from_makes_it(session: Session
     expected = [_message_from(*every(row)) for row in rows]
 
     made = _messages(rows, fields)
+    # SQLAlchemy's rows (other queries' results) come out the same.
+    from_rows = _messages(session.execute(template, params).all())
 
     assert made == expected
+    assert from_rows == expected
+    assert all(type(message) is Message for message in from_rows)
     assert all(type(message) is Message for message in made)
     by_seq = {m.seq: m for m in made}
     assert by_seq[1] == Message(

@@ -182,7 +182,7 @@ def _messages(
 
     A message with no quote and no reactions, not deleted (most of them), is
     made from its columns as they are, without _message_from: a page of 50
-    such messages in 16 µs, not 28."""
+    such messages in 12 µs, not 28."""
     if not rows:
         return []
     if fields is None:
@@ -191,10 +191,11 @@ def _messages(
     plain, every = positions.plain, positions.every
     reply_to_seq, reactions = positions.reply_to_seq, positions.reactions
     deleted_at, reply_count = positions.deleted_at, positions.reply_count
-    # Message._make without its check of the length, which costs 3 µs a page.
+    # Message._make without its check of the length, which costs 3 µs a page;
+    # a tuple added, not unpacked into a new one, 2 µs less.
     make = tuple.__new__
     return [
-        make(Message, (*plain(row), None, None, row[reply_count], ()))
+        make(Message, plain(row) + (None, None, row[reply_count], ()))  # noqa: RUF005
         if row[reply_to_seq] is None and row[reactions] is None and row[deleted_at] is None
         else _message_from(*every(row))
         for row in rows
@@ -215,9 +216,12 @@ class _Positions(NamedTuple):
 @lru_cache(maxsize=32)
 def _positions(fields: tuple[str, ...]) -> _Positions:
     where = {name: fields.index(name) for name in _MESSAGE_FIELDS}
+    plain = [where[name] for name in _PLAIN_FIELDS]
+    side_by_side = plain == list(range(plain[0], plain[0] + len(plain)))
     return _Positions(
         every=itemgetter(*(where[name] for name in _MESSAGE_FIELDS)),
-        plain=itemgetter(*(where[name] for name in _PLAIN_FIELDS)),
+        # A slice when they are side by side, as in chatdb's queries: 2 µs a page less.
+        plain=itemgetter(slice(plain[0], plain[-1] + 1)) if side_by_side else itemgetter(*plain),
         reply_to_seq=where["reply_to_seq"],
         reactions=where["reactions"],
         deleted_at=where["deleted_at"],
