@@ -4,6 +4,7 @@ keeps its shape. A smoke run, not a benchmark: no time is asserted."""
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
+import chatdb
 from chatdb.bench.measure import Budget, time_interleaved
+from chatdb.bench.run import source_info
 from tests.conftest import drop_database
 from tests.test_cli import base_env, run_chatdb
 
@@ -65,6 +68,8 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     assert report["dataset"]["reused"] is False
     assert report["dataset"]["load_seconds"] > 0
     assert report["machine"]["cpus"] >= 1
+    assert report["source"] == source_info()
+    assert report["source"]["version"] == chatdb.__version__
     targets = report["targets"]
     assert 0 < targets["depth"] < targets["conversation_messages"]
     assert targets["inbox_users"]["most"]["conversations"] > 1
@@ -145,3 +150,26 @@ def test_interleaved_timing_takes_the_calls_in_turn_in_changing_orders() -> None
     assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
     assert len(set(rounds)) > 1
     assert {name: s.samples for name, s in stats.items()} == {"a": 20, "b": 20, "c": 20}
+
+
+def test_a_report_names_the_commit_it_measured() -> None:
+    """In a git checkout of chatdb, as the tests run: the commit checked out,
+    and whether the package's files differ from it."""
+    repo = Path(chatdb.__file__).parents[2]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "src/chatdb"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert source_info() == {
+        "version": chatdb.__version__,
+        "commit": head,
+        "modified": bool(status),
+    }

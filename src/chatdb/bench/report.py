@@ -34,6 +34,9 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         f"({'reused' if d['reused'] else 'loaded'}; load {d['load_seconds']:.1f} s)",
         highlight=False,
     )
+    if (source := report.get("source")) and source.get("commit"):
+        modified = " with uncommitted changes" if source.get("modified") else ""
+        console.print(f"chatdb {source['version']} at {source['commit'][:12]}{modified}")
     if phases := d.get("load_phases"):
         console.print(
             "load by phase, s: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()),

@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import psycopg
@@ -29,6 +31,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
+import chatdb
 from chatdb import store
 from chatdb.bench import http
 from chatdb.bench.dataset import Dataset
@@ -447,6 +450,7 @@ class Result:
     targets: dict[str, Any]
     machine: dict[str, Any]
     started_at: str
+    source: dict[str, Any] = field(default_factory=lambda: source_info())
     reads: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -460,6 +464,7 @@ class Result:
             "size": self.size,
             "quick": self.quick,
             "started_at": self.started_at,
+            "source": self.source,
             "machine": self.machine,
             "dataset": self.dataset,
             "targets": self.targets,
@@ -469,6 +474,34 @@ class Result:
             "http_no_database": self.http_no_database,
             "checks": self.checks,
         }
+
+
+def source_info() -> dict[str, Any]:
+    """Which chatdb ran: its version, and in a git checkout its commit and
+    whether files differed from it, so a report names what it measured."""
+    found: dict[str, Any] = {"version": chatdb.__version__, "commit": None, "modified": None}
+    here = Path(chatdb.__file__).parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+                ["git", *args],  # noqa: S607 - git from PATH, as a developer runs it
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None  # no git, or not a checkout (an installed package)
+        return done.stdout.strip()
+
+    # Tracked files, not a copy installed in a directory inside some checkout.
+    if git("ls-files", "--", "__init__.py") and (commit := git("rev-parse", "HEAD")):
+        found["commit"] = commit
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        found["modified"] = None if status is None else bool(status)
+    return found
 
 
 def machine_info(url: URL) -> dict[str, Any]:
