@@ -4,6 +4,7 @@ keeps its shape. A smoke run, not a benchmark: no time is asserted."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from sqlalchemy.engine import URL
 
 import chatdb
 from chatdb.bench.measure import Budget, time_interleaved
+from chatdb.bench.report import _source_line
 from chatdb.bench.run import source_info
 from tests.conftest import drop_database
 from tests.test_cli import base_env, run_chatdb
@@ -68,8 +70,10 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     assert report["dataset"]["reused"] is False
     assert report["dataset"]["load_seconds"] > 0
     assert report["machine"]["cpus"] >= 1
-    assert report["source"] == source_info()
-    assert report["source"]["version"] == chatdb.__version__
+    source = dict(report["source"])
+    assert source.pop("same_at_end") is True
+    assert source == source_info()
+    assert source["version"] == chatdb.__version__
     targets = report["targets"]
     assert 0 < targets["depth"] < targets["conversation_messages"]
     assert targets["inbox_users"]["most"]["conversations"] > 1
@@ -156,13 +160,13 @@ def test_a_report_names_the_commit_it_measured() -> None:
     """In a git checkout of chatdb, as the tests run: the commit checked out,
     and whether the package's files differ from it."""
     repo = Path(chatdb.__file__).parents[2]
-    if not (repo / ".git").exists():
-        pytest.skip("not a git checkout")
+    if not (repo / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout, or no git")
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
     status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", "src/chatdb"],
+        ["git", "status", "--porcelain", "--untracked-files=normal", "--", "src/chatdb"],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -173,3 +177,22 @@ def test_a_report_names_the_commit_it_measured() -> None:
         "commit": head,
         "modified": bool(status),
     }
+
+
+def test_without_git_a_report_still_names_the_version(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to be found
+    source = source_info()
+    assert source == {"version": chatdb.__version__, "commit": None, "modified": None}
+    assert _source_line(source) == f"chatdb {chatdb.__version__} (no git checkout: commit unknown)"
+
+
+def test_the_report_says_when_the_checkout_changed_during_the_run() -> None:
+    source = {"version": "1.0", "commit": "0123456789abcdef", "modified": True}
+    assert _source_line({**source, "same_at_end": True}) == (
+        "chatdb 1.0 at 0123456789ab, with uncommitted changes"
+    )
+    assert _source_line({**source, "modified": None, "same_at_end": False}) == (
+        "chatdb 1.0 at 0123456789ab, changes unknown; the checkout changed during the run"
+    )

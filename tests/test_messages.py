@@ -14,6 +14,9 @@ from chatdb.store.messages import (
     _message_from,
     _messages,
     _page_query,
+    _page_template,
+    _positions,
+    _select_messages,
 )
 from chatdb.store.types import Message
 from tests.factories import make_group, make_user, send
@@ -275,6 +278,43 @@ def test_every_kind_of_message_is_made_as_message_from_makes_it(session: Session
     assert by_seq[2].reply_count == 1
 
 
-def test_a_plain_messages_columns_are_its_first_fields() -> None:
-    assert _MESSAGE_FIELDS[: len(_PLAIN_FIELDS)] == _PLAIN_FIELDS
-    assert _PLAIN_FIELDS[-1] == "deleted_at"
+def test_the_fields_after_a_plain_messages_columns_are_those_messages_adds() -> None:
+    """_messages makes a plain message as its columns plus this tail, by
+    position and without Message's check of the length."""
+    assert Message._fields == (
+        *_PLAIN_FIELDS,
+        "reply_to_seq",
+        "reply_to",
+        "reply_count",
+        "reactions",
+    )
+
+
+def test_columns_in_any_order_make_the_same_messages(session: Session) -> None:
+    """Where the plain columns are not side by side, _messages picks them one
+    by one; chatdb's own message queries have them side by side (one slice)."""
+    alice, bob = make_user(session), make_user(session)
+    group = make_group(session, alice, bob)
+    for i in range(4):
+        send(session, group, alice if i % 2 else bob, f"m{i}")
+    store.send_message(
+        session=session, conversation_id=group.id, sender_id=bob.id, body="re", reply_to_seq=1
+    )
+    store.add_reaction(session=session, conversation_id=group.id, seq=2, user_id=bob.id, emoji="👍")
+    store.delete_message(session=session, conversation_id=group.id, seq=3, actor_id=bob.id)
+    template, params = _page_query(group.id, None, None, 20, alice.id)
+    rows, fields = fetch_all(session, template, params)
+    expected = _messages(rows, fields)
+    assert len(expected) == 5
+    for order in (list(reversed(range(len(fields)))), [*range(1, len(fields)), 0]):
+        shuffled = tuple(fields[i] for i in order)
+        assert _messages([tuple(row[i] for i in order) for row in rows], shuffled) == expected
+
+    templates = [_select_messages()] + [
+        _page_template(direction, for_member)
+        for direction in ("newest", "before", "after")
+        for for_member in (True, False)
+    ]
+    for query in templates:
+        columns = tuple(query.selected_columns.keys())
+        assert "slice" in repr(_positions(columns).plain), columns

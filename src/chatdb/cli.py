@@ -1436,6 +1436,7 @@ def bench_command(
     sizes = list(dict.fromkeys(size or [BenchSize.small]))
     if database is not None and len(sizes) > 1:
         fail("--database names one database; give one --size with it")
+    source = bench.source_info()  # before a load that may take minutes
     engine_ready(need_schema=False)
     server = database_url()
     reports = []
@@ -1451,6 +1452,7 @@ def bench_command(
                 with_http=with_http,
                 http_workers=http_workers,
                 progress=partial(_bench_status, status, chosen.value),
+                source=source,
             )
         report = result.as_json()
         path = bench.write_json(out, report)

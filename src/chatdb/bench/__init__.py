@@ -7,7 +7,7 @@ measured and which of the issue's targets it met.
 
 from chatdb.bench.dataset import SIZES, Dataset, database_name, ensure_dataset
 from chatdb.bench.report import draw_plots, print_tables, write_json
-from chatdb.bench.run import Result, run
+from chatdb.bench.run import Result, run, source_info
 
 __all__ = [
     "SIZES",
@@ -18,5 +18,6 @@ __all__ = [
     "ensure_dataset",
     "print_tables",
     "run",
+    "source_info",
     "write_json",
 ]

@@ -26,6 +26,20 @@ def _framework(entry: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def _source_line(source: dict[str, Any]) -> str:
+    line = f"chatdb {source['version']}"
+    if commit := source.get("commit"):
+        line += f" at {commit[:12]}"
+        line += {True: ", with uncommitted changes", None: ", changes unknown"}.get(
+            source.get("modified"), ""
+        )
+    else:
+        line += " (no git checkout: commit unknown)"
+    if source.get("same_at_end") is False:
+        line += "; the checkout changed during the run"
+    return line
+
+
 def print_tables(console: Console, report: dict[str, Any]) -> None:
     d = report["dataset"]
     console.print(
@@ -34,9 +48,8 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
         f"({'reused' if d['reused'] else 'loaded'}; load {d['load_seconds']:.1f} s)",
         highlight=False,
     )
-    if (source := report.get("source")) and source.get("commit"):
-        modified = " with uncommitted changes" if source.get("modified") else ""
-        console.print(f"chatdb {source['version']} at {source['commit'][:12]}{modified}")
+    if source := report.get("source"):
+        console.print(_source_line(source), highlight=False)
     if phases := d.get("load_phases"):
         console.print(
             "load by phase, s: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()),

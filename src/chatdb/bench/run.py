@@ -450,7 +450,9 @@ class Result:
     targets: dict[str, Any]
     machine: dict[str, Any]
     started_at: str
-    source: dict[str, Any] = field(default_factory=lambda: source_info())
+    # Which chatdb ran (source_info), from before the dataset was loaded, and
+    # whether it was still the same at the end.
+    source: dict[str, Any] = field(default_factory=dict)
     reads: dict[str, dict[str, Any]] = field(default_factory=dict)
     writes: dict[str, dict[str, Any]] = field(default_factory=dict)
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -476,17 +478,25 @@ class Result:
         }
 
 
+# Variables that would point git at another repository than the package's.
+_GIT_LOCATIONS = frozenset({"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"})
+
+
 def source_info() -> dict[str, Any]:
-    """Which chatdb ran: its version, and in a git checkout its commit and
-    whether files differed from it, so a report names what it measured."""
+    """Which chatdb runs: its version, and in a git checkout its commit and
+    whether the package's files differ from it (new files too: a migration
+    is loaded from its directory), so a report names what it measured.
+    `modified` is None when git could not tell."""
     found: dict[str, Any] = {"version": chatdb.__version__, "commit": None, "modified": None}
     here = Path(chatdb.__file__).parent
 
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(  # noqa: S603 - fixed arguments, no shell
-                ["git", *args],  # noqa: S607 - git from PATH, as a developer runs it
+                # --no-optional-locks: no index.lock taken while others use the checkout.
+                ["git", "--no-optional-locks", *args],  # noqa: S607 - git from PATH
                 cwd=here,
+                env={k: v for k, v in os.environ.items() if k not in _GIT_LOCATIONS},
                 capture_output=True,
                 text=True,
                 timeout=10,
@@ -499,7 +509,7 @@ def source_info() -> dict[str, Any]:
     # Tracked files, not a copy installed in a directory inside some checkout.
     if git("ls-files", "--", "__init__.py") and (commit := git("rev-parse", "HEAD")):
         found["commit"] = commit
-        status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        status = git("status", "--porcelain", "--untracked-files=normal", "--", ".")
         found["modified"] = None if status is None else bool(status)
     return found
 
@@ -533,7 +543,11 @@ def run(
     progress: Progress,
     settings: Settings | None = None,
     http_workers: int = 1,
+    source: dict[str, Any] | None = None,
 ) -> Result:
+    """Measure `dataset`. `source`: source_info() taken when the command
+    started, before the dataset was loaded (by default, taken now)."""
+    started_as = source if source is not None else source_info()
     budgets = Budgets.make(quick)
     url = dataset.url
     targets = pick_targets(url, senders=max(HTTP_CLIENTS))
@@ -631,6 +645,8 @@ def run(
         )
     engine.dispose()
     result.checks = _checks(result)
+    # A checkout or edit during a run would credit its figures to the wrong commit.
+    result.source = {**started_as, "same_at_end": source_info() == started_as}
     return result
 
 

@@ -288,9 +288,9 @@ def _message_from(
 # The columns a message is built from: _message_from's parameters, in order.
 _MESSAGE_FIELDS = tuple(inspect.signature(_message_from).parameters)
 # Message's fields that are columns as they are, for a message with no quote,
-# no reactions and not deleted; after them come reply_to_seq (None), reply_to
-# (None), reply_count and reactions (none).
-# They are _message_from's first parameters too (tests/test_store_driver.py).
+# no reactions and not deleted; _messages adds the rest in Message's order:
+# reply_to_seq (None), reply_to (None), reply_count, reactions (none). Both
+# are checked in tests/test_messages.py.
 _PLAIN_FIELDS = Message._fields[: Message._fields.index("deleted_at") + 1]
 
 
