@@ -18,7 +18,7 @@ from chatdb.store.messages import (
     _positions,
     _select_messages,
 )
-from chatdb.store.types import Message
+from chatdb.store.types import Conversation, Message, User
 from tests.factories import make_group, make_user, send
 
 
@@ -235,10 +235,9 @@ def test_paging_backward_and_forward(session: Session) -> None:
         store.list_messages(session=session, conversation_id=group.id, before=3, after=1)
 
 
-def test_every_kind_of_message_is_made_as_message_from_makes_it(session: Session) -> None:
-    """_messages makes a plain message (no quote, no reactions, not deleted)
-    straight from its columns; it must come out as _message_from makes it, and
-    the others must still go through _message_from."""
+def _every_kind_of_message(session: Session) -> tuple[Conversation, User, User]:
+    """Seqs 1-6 sent in turn by bob and alice; 7 quotes 2 (which has a reply);
+    3 has a reaction, 4 is deleted, 5 edited."""
     alice, bob = make_user(session, display_name="Alice A."), make_user(session)
     group = make_group(session, alice, bob)
     for i in range(6):
@@ -251,6 +250,14 @@ def test_every_kind_of_message_is_made_as_message_from_makes_it(session: Session
     store.edit_message(
         session=session, conversation_id=group.id, seq=5, actor_id=bob.id, body="m4, edited"
     )
+    return group, alice, bob
+
+
+def test_every_kind_of_message_is_made_as_message_from_makes_it(session: Session) -> None:
+    """_messages makes a plain message (no quote, no reactions, not deleted)
+    straight from its columns; it must come out as _message_from makes it, and
+    the others must still go through _message_from."""
+    group, alice, bob = _every_kind_of_message(session)
     template, params = _page_query(group.id, None, None, 20, alice.id)
     rows, fields = fetch_all(session, template, params)
     every = itemgetter(*(fields.index(name) for name in _MESSAGE_FIELDS))
@@ -293,19 +300,11 @@ def test_the_fields_after_a_plain_messages_columns_are_those_messages_adds() -> 
 def test_columns_in_any_order_make_the_same_messages(session: Session) -> None:
     """Where the plain columns are not side by side, _messages picks them one
     by one; chatdb's own message queries have them side by side (one slice)."""
-    alice, bob = make_user(session), make_user(session)
-    group = make_group(session, alice, bob)
-    for i in range(4):
-        send(session, group, alice if i % 2 else bob, f"m{i}")
-    store.send_message(
-        session=session, conversation_id=group.id, sender_id=bob.id, body="re", reply_to_seq=1
-    )
-    store.add_reaction(session=session, conversation_id=group.id, seq=2, user_id=bob.id, emoji="👍")
-    store.delete_message(session=session, conversation_id=group.id, seq=3, actor_id=bob.id)
+    group, alice, _ = _every_kind_of_message(session)
     template, params = _page_query(group.id, None, None, 20, alice.id)
     rows, fields = fetch_all(session, template, params)
     expected = _messages(rows, fields)
-    assert len(expected) == 5
+    assert len(expected) == 7
     for order in (list(reversed(range(len(fields)))), [*range(1, len(fields)), 0]):
         shuffled = tuple(fields[i] for i in order)
         assert _messages([tuple(row[i] for i in order) for row in rows], shuffled) == expected
