@@ -172,3 +172,15 @@ def test_rows_made_named_tuples_by_position_come_in_their_fields_order(
     column added or moved in the query must not shift every value to a wrong
     name unseen."""
     assert tuple(template.selected_columns.keys()) == row_type._fields  # type: ignore[attr-defined]
+
+
+def test_the_newest_page_is_the_page_before_a_seq_no_message_has() -> None:
+    """With a template of its own (no cursor) the newest page's prepared
+    statement was planned again at every run on the benchmark's large set,
+    never generically (pg_prepared_statements: 0 generic plans, 1 051 custom
+    ones), 0.45 ms of planning a run; a small test set does not show it, so
+    this checks the cure: the newest page shares the before-page's statement."""
+    newest, params = _page_query(7, None, None, 50, 3)
+    before, _ = _page_query(7, 1_000, None, 50, 3)
+    assert newest is before
+    assert params["cursor"] == 2**63 - 1  # bigint's largest: past every seq

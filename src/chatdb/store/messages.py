@@ -613,11 +613,21 @@ def _page_query(
         params["cursor"] = seq_value(before, field="before")
         direction = "before"
     else:
-        direction = "newest"
+        # The newest page is the page before a seq no message reaches. With a
+        # template of its own (no cursor), PostgreSQL planned its prepared
+        # statement again at every execution, never settling on the generic
+        # plan: 0.45 ms of planning, 0.70 ms against 0.24 ms a page on the
+        # large benchmark set (README, "The newest page, planned once").
+        params["cursor"] = _PAST_EVERY_SEQ
+        direction = "before"
     if actor_id is not None:
         params["actor_id"] = actor_id
     params["viewer"] = actor_id
     return _page_template(direction, actor_id is not None), params
+
+
+# seq is a bigint: no message has this one or any after it.
+_PAST_EVERY_SEQ = 2**63 - 1
 
 
 @lru_cache(maxsize=8)
@@ -660,10 +670,8 @@ def _page_template(direction: str, for_member: bool) -> AnySelect:
     cursor = bindparam("cursor", type_=BigInteger)
     if direction == "after":
         page = page.where(messages.seq > cursor).order_by(messages.seq)
-    elif direction == "before":
-        page = page.where(messages.seq < cursor).order_by(messages.seq.desc())
     else:
-        page = page.order_by(messages.seq.desc())
+        page = page.where(messages.seq < cursor).order_by(messages.seq.desc())
     page_sq = page.limit(bindparam("page_rows", type_=Integer)).subquery("page")
     order = page_sq.c.seq if direction == "after" else page_sq.c.seq.desc()
     # Quotes and reactions are joined to the page after its LIMIT: a probe per
