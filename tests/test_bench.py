@@ -126,6 +126,11 @@ def test_bench_small_quick(server_url: URL, bench_database: str, tmp_path: Path)
     for check in report["checks"]:
         assert set(check) == {"name", "target", "measured", "unit", "met"}
         assert isinstance(check["met"], bool)
+    for name, entry in report["reads"].items():
+        (check,) = (c for c in report["checks"] if c["name"] == f"{name}: data layer / floor, p50")
+        ratio = entry["data_layer"]["p50_ms"] / entry["floor"]["p50_ms"]
+        assert check["met"] == (ratio <= 1.3), "judged on the unrounded ratio"
+        assert check["measured"] == round(ratio, 3)
 
     plot = tmp_path / "bench-small-latency.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

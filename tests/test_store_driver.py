@@ -175,12 +175,13 @@ def test_rows_made_named_tuples_by_position_come_in_their_fields_order(
 
 
 def test_the_newest_page_is_the_page_before_a_seq_no_message_has() -> None:
-    """With a template of its own (no cursor) the newest page's prepared
-    statement was planned again at every run on the benchmark's large set,
-    never generically (pg_prepared_statements: 0 generic plans, 1 051 custom
-    ones), 0.45 ms of planning a run; a small test set does not show it, so
-    this checks the cure: the newest page shares the before-page's statement."""
+    """With a template of its own (no cursor condition) the newest page's
+    prepared statement was planned again at every run on the benchmark's
+    large set, never generically (pg_prepared_statements: 0 generic plans,
+    1 051 custom ones), 0.45 ms of planning a run. A small test set does not
+    show it, so this checks the cure: the newest page is a before-page, its
+    cursor past every seq."""
     newest, params = _page_query(7, None, None, 50, 3)
     before, _ = _page_query(7, 1_000, None, 50, 3)
     assert newest is before
-    assert params["cursor"] == 2**63 - 1  # bigint's largest: past every seq
+    assert params["cursor"] == 2**63 - 1  # bigint's largest

@@ -912,7 +912,8 @@ def _checks(result: Result) -> list[dict[str, Any]]:
     p = reads["inactive_30d"]["data_layer"]["p99_ms"]
     check("inactive users first page, data layer p99", "≤ 5 ms", p, p <= 5.0)
     for name, entry in reads.items():
-        ratio = entry["data_layer_vs_floor"]["p50"]
+        # Not the ratio rounded to two places for the tables: 1.304 is over.
+        ratio = entry["data_layer"]["p50_ms"] / entry["floor"]["p50_ms"]
         check(f"{name}: data layer / floor, p50", "≤ 1.3x", ratio, ratio <= 1.3, "x")
         if "http_vs_floor" in entry:
             share = entry["http_vs_floor"]["throughput_share"]

@@ -614,10 +614,10 @@ def _page_query(
         direction = "before"
     else:
         # The newest page is the page before a seq no message reaches. With a
-        # template of its own (no cursor), PostgreSQL planned its prepared
-        # statement again at every execution, never settling on the generic
-        # plan: 0.45 ms of planning, 0.70 ms against 0.24 ms a page on the
-        # large benchmark set (README, "The newest page, planned once").
+        # template of its own (no cursor condition), PostgreSQL planned its
+        # prepared statement again at every execution, never settling on the
+        # generic plan: 0.45 ms of planning, 0.70 ms against 0.24 ms a page on
+        # the large benchmark set (README, "The newest page, planned once").
         params["cursor"] = _PAST_EVERY_SEQ
         direction = "before"
     if actor_id is not None:
@@ -626,7 +626,7 @@ def _page_query(
     return _page_template(direction, actor_id is not None), params
 
 
-# seq is a bigint: no message has this one or any after it.
+# bigint's largest: a conversation would need as many sends to reach it.
 _PAST_EVERY_SEQ = 2**63 - 1
 
 
