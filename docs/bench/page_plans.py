@@ -34,7 +34,9 @@ print(f"{size}: conversation {c}, {last:,} messages")
 shapes = {"newest": {}, "deep": {"before": last - t.depth + 1}, "after": {"after": last - 100}}
 with engine_for_reads(engine).connect() as connection:
     for name, cursor in shapes.items():
-        before = connection.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar()
+        prepared = connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_prepared_statements"
+        ).scalar()
         for _ in range(20):
             list_messages(
                 session=connection, conversation_id=c, limit=50, actor_id=reader, **cursor
@@ -46,7 +48,7 @@ with engine_for_reads(engine).connect() as connection:
             )
         ).one()
         grew = connection.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar()
-        new = "a new statement" if grew != before else "an earlier statement"
+        new = "a new statement" if grew != prepared else "an earlier statement"
         print(f"  {name:7s} 20 runs: {generic} generic plans, {custom} custom ({new})")
 
 

@@ -5,6 +5,8 @@ import unicodedata
 from chatdb.errors import Invalid
 
 MAX_PAGE = 200
+# Ids and seqs are bigint.
+BIGINT_MAX = 2**63 - 1
 
 
 def clean_text(value: str, *, field: str, max_length: int, allow_blank: bool = False) -> str:
@@ -30,13 +32,13 @@ def page_limit(limit: int) -> int:
 
 def positive_id(value: int, *, field: str) -> int:
     # Ids are bigint; anything outside is no row, and would overflow the parameter.
-    if not 1 <= value <= 2**63 - 1:
+    if not 1 <= value <= BIGINT_MAX:
         raise Invalid(f"{field} must be a positive integer")
     return value
 
 
 def seq_value(value: int, *, field: str = "seq") -> int:
-    if not 0 <= value <= 2**63 - 1:
+    if not 0 <= value <= BIGINT_MAX:
         raise Invalid(f"{field} must be zero or a positive integer")
     return value
 
